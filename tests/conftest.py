@@ -2,6 +2,8 @@
 
 import itertools
 
+pytest_plugins = ["tests.support.processes"]
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient

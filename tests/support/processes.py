@@ -1,0 +1,1 @@
+"""Fixtures that start the project's real processes (wallet, engine, worker, web) for tests."""
