@@ -2,11 +2,11 @@
 
 import itertools
 
-pytest_plugins = ["tests.support.processes"]
-
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
+
+pytest_plugins = ["tests.support.processes"]
 
 _usernames = itertools.count(1)
 
