@@ -180,6 +180,7 @@ DEFAULT_MARKETS = env.list("DEFAULT_MARKETS", default=["BTC-USDT", "ETH-USDT"])
 MAX_OPEN_ORDERS_PER_MARKET = env.int("MAX_OPEN_ORDERS_PER_MARKET", default=200)
 ENGINE_REPLY_TIMEOUT_SECONDS = env.float("ENGINE_REPLY_TIMEOUT_SECONDS", default=2.0)
 ENGINE_HEARTBEAT_TIMEOUT_SECONDS = env.float("ENGINE_HEARTBEAT_TIMEOUT_SECONDS", default=10.0)
+ENGINE_METRICS_PORT = env.int("ENGINE_METRICS_PORT", default=9108)
 MARKET_ORDER_COLLAR = Decimal(env("MARKET_ORDER_COLLAR", default="0.05"))
 
 # --- Celery ------------------------------------------------------------------

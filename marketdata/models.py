@@ -33,3 +33,16 @@ class Market(models.Model):
 
     def __str__(self):
         return self.symbol
+
+    @property
+    def price_places(self) -> int:
+        """Decimals of a price in this market (the tick size's)."""
+        return max(0, -self.tick_size.normalize().as_tuple().exponent)
+
+    @property
+    def quantity_places(self) -> int:
+        return max(0, -self.lot_size.normalize().as_tuple().exponent)
+
+    @property
+    def quote_places(self) -> int:
+        return self.price_places + self.quantity_places

@@ -25,3 +25,26 @@ class MarketOutput(serializers.ModelSerializer):
             "stp_mode",
             "enabled",
         ]
+
+
+class BookSchema(serializers.Serializer):
+    symbol = serializers.CharField()
+    sequence = serializers.IntegerField()
+    bids = serializers.ListField(child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2))
+    asks = serializers.ListField(child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2))
+    timestamp = serializers.DateTimeField()
+
+
+class TickerSchema(serializers.Serializer):
+    symbol = serializers.CharField()
+    best_bid = serializers.CharField(allow_null=True)
+    best_bid_quantity = serializers.CharField(allow_null=True)
+    best_ask = serializers.CharField(allow_null=True)
+    best_ask_quantity = serializers.CharField(allow_null=True)
+    last_price = serializers.CharField(allow_null=True)
+    open_24h = serializers.CharField(allow_null=True)
+    high_24h = serializers.CharField(allow_null=True)
+    low_24h = serializers.CharField(allow_null=True)
+    volume_24h = serializers.CharField()
+    quote_volume_24h = serializers.CharField()
+    timestamp = serializers.DateTimeField()

@@ -1,0 +1,128 @@
+"""Order and trade shapes of docs/api.md. Output serializers build plain dicts (hot path)."""
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from rest_framework import serializers
+
+from exchange.api.fields import at_scale, plain
+from orders.models import Order
+
+MONEY_INPUT = {"max_digits": 38, "decimal_places": 18, "required": False, "allow_null": True}
+AVERAGE_PLACES = Decimal("1E-18")
+
+
+class PositiveDecimalField(serializers.DecimalField):
+    """A finite, strictly positive decimal with at most 18 decimal places (NaN/Infinity refused)."""
+
+    default_error_messages = {"not_positive": "Must be greater than zero."}
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**MONEY_INPUT, **kwargs})
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            self.fail("invalid")
+        value = super().to_internal_value(data)
+        if value is not None and value <= 0:
+            self.fail("not_positive")
+        return value
+
+
+class OrderInput(serializers.Serializer):
+    symbol = serializers.CharField(max_length=21)
+    side = serializers.ChoiceField(choices=Order.Side.choices)
+    type = serializers.ChoiceField(choices=Order.Type.choices)
+    price = PositiveDecimalField()
+    stop_price = PositiveDecimalField()
+    quantity = PositiveDecimalField()
+    quote_quantity = PositiveDecimalField()
+    time_in_force = serializers.ChoiceField(choices=Order.TimeInForce.choices, required=False, allow_null=True)
+    post_only = serializers.BooleanField(required=False, default=False)
+    client_order_id = serializers.RegexField(r"^[A-Za-z0-9._:\-]{1,64}$", required=False, allow_null=True, max_length=64)
+
+
+class OrderListFilter(serializers.Serializer):
+    symbol = serializers.CharField(required=False, max_length=21)
+    status = serializers.ListField(child=serializers.ChoiceField(choices=Order.Status.choices), required=False)
+    side = serializers.ChoiceField(choices=Order.Side.choices, required=False)
+
+    def to_internal_value(self, data):
+        statuses = []
+        for item in data.getlist("status") if hasattr(data, "getlist") else data.get("status", []):
+            statuses.extend(part for part in item.split(",") if part)
+        plain_data = {key: data.get(key) for key in ("symbol", "side") if data.get(key)}
+        if statuses:
+            plain_data["status"] = statuses
+        return super().to_internal_value(plain_data)
+
+
+class OrderOutput(serializers.BaseSerializer):
+    """The order object of docs/api.md, prices and quantities at the market's scale."""
+
+    def to_representation(self, order: Order) -> dict:
+        market = order.market
+        pp, qp, vp = market.price_places, market.quantity_places, market.quote_places
+        filled = order.filled_quantity
+        average = (order.filled_quote / filled).quantize(AVERAGE_PLACES, rounding=ROUND_HALF_EVEN) if filled else None
+        return {
+            "id": order.pk,
+            "client_order_id": order.client_order_id,
+            "symbol": market.symbol,
+            "side": order.side,
+            "type": order.type,
+            "time_in_force": order.time_in_force,
+            "post_only": order.post_only,
+            "price": at_scale(order.price, pp),
+            "stop_price": at_scale(order.stop_price, pp),
+            "quantity": at_scale(order.quantity, qp),
+            "quote_quantity": at_scale(order.quote_quantity, vp),
+            "filled_quantity": at_scale(filled, qp),
+            "filled_quote": at_scale(order.filled_quote, vp),
+            "average_price": plain(average),
+            "fee_total": plain(order.fee_total) if order.fee_total else "0",
+            "status": order.status,
+            "reject_reason": order.reject_reason,
+            "created_at": _iso(order.created_at),
+            "updated_at": _iso(order.updated_at),
+        }
+
+
+class TradeOutput(serializers.BaseSerializer):
+    """A public trade; with the party fields when `context["user"]` is its buyer or seller."""
+
+    def to_representation(self, trade) -> dict:
+        market = trade.market
+        body = {
+            "id": trade.id,
+            "symbol": market.symbol,
+            "price": at_scale(trade.price, market.price_places),
+            "quantity": at_scale(trade.quantity, market.quantity_places),
+            "quote_quantity": at_scale(trade.quote_quantity, market.quote_places),
+            "taker_side": trade.taker_side,
+            "created_at": _iso(trade.created_at),
+        }
+        user = self.context.get("user")
+        user_id = getattr(user, "pk", None)
+        if user_id is None:
+            return body
+        if trade.buyer_id == user_id:
+            side, fee, fee_asset = "buy", trade.buyer_fee, market.base_asset
+        elif trade.seller_id == user_id:
+            side, fee, fee_asset = "sell", trade.seller_fee, market.quote_asset
+        else:
+            return body
+        role = "taker" if trade.taker_side == side else "maker"
+        body.update(
+            order_id=trade.taker_order_id if role == "taker" else trade.maker_order_id,
+            side=side,
+            role=role,
+            fee=plain(fee) if fee else "0",
+            fee_asset=fee_asset,
+        )
+        return body
+
+
+def _iso(moment) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,355 @@
+"""Order writes: placement (validate, hold funds, journal, ring the engine) and cancellation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, connection
+from django.utils import timezone
+from settlement.clients.wallet import owner_for_user, wallet_client
+
+from exchange.errors import (
+    EngineUnavailable,
+    InsufficientFunds,
+    NotFound,
+    OrderNotCancellable,
+    TooManyOpenOrders,
+    UnknownSymbol,
+    ValidationFailed,
+    WalletUnavailable,
+)
+from marketdata.cache import market_by_symbol
+from marketdata.models import Market
+from matching import client as engine
+from matching import feed
+from matching.core import MarketUnits
+from orders.models import Order
+
+logger = logging.getLogger(__name__)
+
+Status = Order.Status
+Type = Order.Type
+TIF = Order.TimeInForce
+
+
+@dataclass(slots=True)
+class OrderOutcome:
+    """An order as the API returns it: the row, its fills, and how the request ended."""
+
+    order: Order
+    trades: list = field(default_factory=list)
+    created: bool = True  # False: a repeated client_order_id answered from the original
+    pending: bool = False  # True: the engine did not answer in time (202)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A validated order before anything is created."""
+
+    market: Market
+    units: MarketUnits
+    side: str
+    type: str
+    time_in_force: str
+    post_only: bool
+    price: Decimal | None
+    stop_price: Decimal | None
+    quantity: Decimal | None
+    quote_quantity: Decimal | None
+    hold_asset: str
+    hold_amount: Decimal
+    hold_up_to: bool
+
+
+def order_place(
+    *,
+    user,
+    symbol: str,
+    side: str,
+    type: str,
+    quantity: Decimal | None = None,
+    quote_quantity: Decimal | None = None,
+    price: Decimal | None = None,
+    stop_price: Decimal | None = None,
+    time_in_force: str | None = None,
+    post_only: bool = False,
+    client_order_id: str | None = None,
+) -> OrderOutcome:
+    """Place an order. Nothing is created unless the hold succeeded and the row is journaled.
+
+    Order of effects: id allocated -> hold (idempotent on the id) -> pending row ->
+    engine rung. A failure after the hold releases it by the same key; a beat
+    sweeper releases holds whose order never appeared (a crash in between).
+    """
+    if client_order_id:
+        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
+        if existing is not None:
+            return _as_outcome(existing, created=False)
+
+    plan = _plan(
+        symbol=symbol, side=side, type=type, quantity=quantity, quote_quantity=quote_quantity,
+        price=price, stop_price=stop_price, time_in_force=time_in_force, post_only=post_only,
+    )
+    if not engine.engine_is_live(symbol):
+        raise EngineUnavailable()
+    _check_open_order_limit(user, plan.market)
+
+    order_id = _allocate_order_id()
+    hold_key = f"order:{order_id}"
+    held = wallet_client().place_hold(
+        key=hold_key, owner=owner_for_user(user.pk), asset=plan.hold_asset,
+        amount=plan.hold_amount, up_to=plan.hold_up_to,
+    )
+    try:
+        order = Order.objects.create(
+            id=order_id, user=user, market=plan.market, client_order_id=client_order_id or None,
+            side=plan.side, type=plan.type, time_in_force=plan.time_in_force, post_only=plan.post_only,
+            price=plan.price, stop_price=plan.stop_price, quantity=plan.quantity,
+            quote_quantity=plan.quote_quantity, hold_asset=plan.hold_asset, hold_amount=held.amount,
+        )
+    except IntegrityError:
+        # The same client_order_id won a race: give our hold back, answer with the original.
+        _release_quietly(hold_key, held.amount)
+        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
+        if existing is None:
+            raise
+        return _as_outcome(existing, created=False)
+    except Exception:
+        _release_quietly(hold_key, held.amount)
+        raise
+
+    order.market = plan.market
+    reply = engine.engine_submit(symbol=symbol, kind=feed.PLACE, order_id=order.pk)
+    if reply is None:
+        return OrderOutcome(order=order, pending=True)
+    return _apply_reply(order, reply)
+
+
+def order_cancel(*, user, order_id: int) -> OrderOutcome:
+    """Record a cancel on the order (durable), ring the engine, and wait for it like placement."""
+    order = Order.objects.select_related("market").filter(pk=order_id, user=user).first()
+    if order is None:
+        raise NotFound("No such order.")
+    if order.status in Order.FINAL_STATUSES:
+        raise OrderNotCancellable(details={"status": order.status})
+    if order.cancel_requested_at is not None:
+        return OrderOutcome(order=order, created=False, pending=True)  # a cancel is in flight
+    if not engine.engine_is_live(order.market.symbol):
+        raise EngineUnavailable()
+    updated = Order.objects.filter(
+        pk=order.pk, status__in=Order.LIVE_STATUSES, cancel_requested_at__isnull=True
+    ).update(cancel_requested_at=timezone.now())
+    if not updated:
+        order.refresh_from_db()
+        if order.status in Order.FINAL_STATUSES:
+            raise OrderNotCancellable(details={"status": order.status})
+        return OrderOutcome(order=order, created=False, pending=True)
+    reply = engine.engine_submit(symbol=order.market.symbol, kind=feed.CANCEL, order_id=order.pk)
+    if reply is None:
+        order.refresh_from_db()
+        return OrderOutcome(order=order, created=False, pending=order.status not in Order.FINAL_STATUSES)
+    outcome = _apply_reply(order, reply)
+    outcome.created = False
+    if outcome.order.status != Status.CANCELLED and outcome.order.status in Order.FINAL_STATUSES:
+        raise OrderNotCancellable(details={"status": outcome.order.status})
+    return outcome
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _plan(*, symbol, side, type, quantity, quote_quantity, price, stop_price, time_in_force, post_only) -> _Plan:
+    market, units = market_by_symbol(symbol)
+    if market is None or not market.enabled:
+        raise UnknownSymbol(f"No enabled market {symbol}.", details={"symbol": [f"Unknown or disabled market {symbol}."]})
+
+    is_market_kind = type in (Type.MARKET, Type.STOP_MARKET)
+    is_stop = type in (Type.STOP_LIMIT, Type.STOP_MARKET)
+    if is_market_kind:
+        if price is not None:
+            raise ValidationFailed.field("price", f"A {type} order takes no price.")
+        if time_in_force not in (None, TIF.IOC, TIF.FOK):
+            raise ValidationFailed.field("time_in_force", f"A {type} order is ioc or fok.")
+        time_in_force = time_in_force or TIF.IOC
+        if quantity is not None and quote_quantity is not None:
+            raise ValidationFailed.field("quote_quantity", "Give quantity or quote_quantity, not both.")
+        if quantity is None and quote_quantity is None:
+            raise ValidationFailed.field("quantity", "This field is required.")
+        if quote_quantity is not None and side != Order.Side.BUY:
+            raise ValidationFailed.field("quote_quantity", "Only a buy may give quote_quantity.")
+    else:
+        if price is None:
+            raise ValidationFailed.field("price", f"A {type} order needs a price.")
+        if quantity is None:
+            raise ValidationFailed.field("quantity", "This field is required.")
+        if quote_quantity is not None:
+            raise ValidationFailed.field("quote_quantity", "Only market orders take quote_quantity.")
+        time_in_force = time_in_force or TIF.GTC
+    if is_stop and stop_price is None:
+        raise ValidationFailed.field("stop_price", f"A {type} order needs a stop_price.")
+    if not is_stop and stop_price is not None:
+        raise ValidationFailed.field("stop_price", "Only stop orders take a stop_price.")
+    if post_only and (type != Type.LIMIT or time_in_force != TIF.GTC):
+        raise ValidationFailed.field("post_only", "post_only is only for limit gtc orders.")
+
+    _on_grid(units.price_to_ticks, "price", price, f"Must be a multiple of the tick size {market.tick_size.normalize():f}.")
+    _on_grid(units.price_to_ticks, "stop_price", stop_price, f"Must be a multiple of the tick size {market.tick_size.normalize():f}.")
+    _on_grid(units.qty_to_lots, "quantity", quantity, f"Must be a multiple of the lot size {market.lot_size.normalize():f}.")
+    quote_unit = market.tick_size * market.lot_size
+    _on_grid(units.quote_to_units, "quote_quantity", quote_quantity, f"Must be a multiple of tick × lot ({quote_unit.normalize():f}).")
+
+    hold_up_to = False
+    notional: Decimal | None
+    if side == Order.Side.SELL:
+        hold_asset, hold_amount = market.base_asset, quantity
+        notional = (price or stop_price) * quantity if (price or stop_price) else None
+    elif quote_quantity is not None:
+        hold_asset, hold_amount = market.quote_asset, quote_quantity
+        notional = quote_quantity
+    elif type == Type.MARKET:
+        hold_asset, hold_amount, hold_up_to = market.quote_asset, _market_buy_hold(market, units, quantity), True
+        notional = None
+    elif type == Type.STOP_MARKET:
+        hold_asset = market.quote_asset
+        hold_amount = _with_collar(stop_price * quantity, quote_unit)
+        notional = stop_price * quantity
+    else:
+        hold_asset, hold_amount = market.quote_asset, price * quantity
+        notional = price * quantity
+    if type == Type.MARKET and quantity is not None:
+        best = _best_opposite_price(market, units, side)
+        notional = best * quantity if best is not None else None  # empty book: expires, unchecked
+    if notional is not None and notional < market.min_notional:
+        raise ValidationFailed.field("quantity", f"Order value {notional.normalize():f} is below the minimum notional {market.min_notional.normalize():f}.")
+
+    return _Plan(
+        market=market, units=units, side=side, type=type, time_in_force=time_in_force, post_only=post_only,
+        price=price, stop_price=stop_price, quantity=quantity, quote_quantity=quote_quantity,
+        hold_asset=hold_asset, hold_amount=hold_amount, hold_up_to=hold_up_to,
+    )
+
+
+def _on_grid(convert, name: str, value: Decimal | None, message: str):
+    if value is None:
+        return None
+    try:
+        return convert(value)
+    except ValueError:
+        raise ValidationFailed.field(name, message) from None
+
+
+def _with_collar(amount: Decimal, quote_unit: Decimal) -> Decimal:
+    """amount plus the market-order protection collar, rounded up to whole quote units."""
+    padded = amount * (1 + settings.MARKET_ORDER_COLLAR)
+    return (padded / quote_unit).to_integral_value(rounding=ROUND_CEILING) * quote_unit
+
+
+def _market_buy_hold(market: Market, units: MarketUnits, quantity: Decimal) -> Decimal:
+    """What the book's asks would cost for `quantity`, plus the collar (an "up to" hold)."""
+    from matching.selectors import book_snapshot
+
+    lots = units.qty_to_lots(quantity)
+    cost_units = 0
+    snapshot = book_snapshot(market.symbol) or {}
+    for ticks, level_lots in snapshot.get("asks", []):
+        take = min(lots, level_lots)
+        cost_units += ticks * take
+        lots -= take
+        if not lots:
+            break
+    quote_unit = market.tick_size * market.lot_size
+    if cost_units == 0:
+        # Empty book: the order will expire unfilled; a minimal hold proves there are funds.
+        return quote_unit
+    return _with_collar(units.units_to_quote(cost_units), quote_unit)
+
+
+def _best_opposite_price(market: Market, units: MarketUnits, side: str) -> Decimal | None:
+    from matching.selectors import book_snapshot
+
+    snapshot = book_snapshot(market.symbol) or {}
+    levels = snapshot.get("asks" if side == Order.Side.BUY else "bids") or []
+    return units.ticks_to_price(levels[0][0]) if levels else None
+
+
+def _check_open_order_limit(user, market: Market) -> None:
+    limit = settings.MAX_OPEN_ORDERS_PER_MARKET
+    live = Order.objects.filter(user=user, market=market, status__in=Order.LIVE_STATUSES)[:limit].count()
+    if live >= limit:
+        raise TooManyOpenOrders(details={"limit": limit})
+
+
+def _allocate_order_id() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('orders_order', 'id'))")
+        return cursor.fetchone()[0]
+
+
+def _release_quietly(hold_key: str, amount: Decimal) -> None:
+    """Give back a hold whose order was never created (the sweeper retries if this fails)."""
+    try:
+        wallet_client().apply([{"key": f"release:{hold_key}", "type": "release", "hold": hold_key, "amount": str(amount)}])
+    except (WalletUnavailable, InsufficientFunds, Exception):  # noqa: BLE001 - best effort, swept later
+        logger.warning("could not release %s now; the orphan-hold sweeper will", hold_key)
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def _apply_reply(order: Order, reply: dict) -> OrderOutcome:
+    state = reply.get("order") or {}
+    if state.get("unchanged") or "status" not in state:
+        return _as_outcome(Order.objects.select_related("market").get(pk=order.pk), created=True)
+    order.status = state["status"]
+    order.reject_reason = state["reject_reason"]
+    order.filled_quantity = Decimal(state["filled_quantity"])
+    order.filled_quote = Decimal(state["filled_quote"])
+    order.fee_total = Decimal(state["fee_total"])
+    order.sequence = state["sequence"]
+    order.updated_at = timezone.datetime.fromisoformat(state["updated_at"])
+    return OrderOutcome(order=order, trades=[_FillView.from_reply(order, t) for t in reply.get("trades", [])])
+
+
+def _as_outcome(order: Order, *, created: bool) -> OrderOutcome:
+    from orders.selectors import order_fills
+
+    return OrderOutcome(order=order, trades=order_fills(order=order), created=created, pending=order.status == Status.PENDING)
+
+
+@dataclass(slots=True)
+class _FillView:
+    """A fill as the engine replied it, shaped like a Trade row for the serializer."""
+
+    id: int
+    market: Market
+    price: Decimal
+    quantity: Decimal
+    quote_quantity: Decimal
+    taker_side: str
+    maker_order_id: int
+    taker_order_id: int
+    buyer_fee: Decimal
+    seller_fee: Decimal
+    created_at: object
+    buyer_id: int | None = None
+    seller_id: int | None = None
+
+    @classmethod
+    def from_reply(cls, order: Order, t: dict) -> _FillView:
+        fill = cls(
+            id=t["id"], market=order.market, price=Decimal(t["price"]), quantity=Decimal(t["quantity"]),
+            quote_quantity=Decimal(t["quote_quantity"]), taker_side=t["taker_side"],
+            maker_order_id=t["maker_order_id"], taker_order_id=t["taker_order_id"],
+            buyer_fee=Decimal(t["buyer_fee"]), seller_fee=Decimal(t["seller_fee"]),
+            created_at=timezone.datetime.fromisoformat(t["created_at"]),
+        )
+        # The order's owner is the buyer when it bought.
+        if order.side == Order.Side.BUY:
+            fill.buyer_id = order.user_id
+        else:
+            fill.seller_id = order.user_id
+        return fill
+
