@@ -1,0 +1,238 @@
+"""Throughput, latency and memory benchmark of the matching core.
+
+    python -m matching.bench [--commands N] [--seed S] [--resting M]
+
+Phase 1 replays a seeded workload through one book: ~60% limit orders that rest
+1 + Exp(mean 6) ticks away from a randomly walking fair value, ~25% limit orders that
+cross 0-3 ticks through the touch, ~10% cancels of live resting orders and ~5% market
+orders no larger than the opposite side. The workload is generated (by running it
+once through a scratch book, so cancels always hit live orders and market sizes fit)
+and every Order object is built before timing starts; the timed loop only calls
+``place``/``cancel``, and every event, each trade included, is materialised as usual.
+One command in ``--sample-every`` is timed on its own for the latency percentiles.
+
+Phase 2 loads ``--resting`` non-crossing orders into a fresh book under tracemalloc
+and reports the bytes held per resting order: the Order objects themselves (with
+their int fields), the levels, the deques and the id index.
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import resource
+import sys
+import time
+import tracemalloc
+
+from matching.core import (
+    BUY,
+    LIMIT,
+    MARKET,
+    SELL,
+    Accepted,
+    Cancelled,
+    Expired,
+    Order,
+    OrderBook,
+    Trade,
+)
+
+FAIR_START = 1_000_000  # ticks
+OWNERS = 1_000
+
+
+def generate(n: int, seed: int) -> tuple[list[tuple], int, int]:
+    """Return ``(specs, trades, final_seq)`` for ``n`` commands.
+
+    A spec is ``("cancel", order_id)`` or ``("place", id, owner, side, kind, price, qty)``.
+    Each command is applied to a scratch book as it is generated: the generator needs
+    the live book to aim crossing orders at the touch, to cancel only live orders and
+    to size market orders, and it counts the trades the timed run must reproduce.
+    """
+    rng = random.Random(seed)
+    rand = rng.random
+    book = OrderBook(maker_fee=10, taker_fee=20, fee_scale=10_000)
+    specs: list[tuple] = []
+    live: list[int] = []  # resting order ids, swap-removed through pos
+    pos: dict[int, int] = {}
+    side_lots = [0, 0]
+    fair = FAIR_START
+    next_id = 1
+    trades = 0
+
+    def forget(order_id: int) -> None:
+        i = pos.pop(order_id)
+        last = live.pop()
+        if last != order_id:
+            live[i] = last
+            pos[last] = i
+
+    for _ in range(n):
+        # Fair value: a lazy random walk of one tick.
+        step = rand()
+        if step < 0.1:
+            fair -= 1
+        elif step > 0.9:
+            fair += 1
+        r = rand()
+        side = BUY if rand() < 0.5 else SELL
+        if 0.85 <= r < 0.95 and live:
+            victim = live[int(rand() * len(live))]
+            spec = ("cancel", victim)
+        else:
+            bid, ask = book.best_bid(), book.best_ask()
+            if r >= 0.95 and side_lots[SELL if side == BUY else BUY] > 0:
+                opposite = side_lots[SELL if side == BUY else BUY]
+                qty = min(rng.randint(1, 30), opposite)
+                spec = ("place", next_id, rng.randrange(OWNERS), side, MARKET, None, qty)
+            elif 0.60 <= r < 0.85:
+                k = rng.randint(0, 3)
+                if side == BUY:
+                    price = (ask if ask is not None else fair) + k
+                else:
+                    price = max(1, (bid if bid is not None else fair) - k)
+                qty = rng.randint(1, 30)
+                spec = ("place", next_id, rng.randrange(OWNERS), side, LIMIT, price, qty)
+            else:
+                dist = 1 + int(rng.expovariate(1 / 6))
+                if side == BUY:
+                    price = fair - dist
+                    if ask is not None and price >= ask:
+                        price = ask - 1
+                else:
+                    price = fair + dist
+                    if bid is not None and price <= bid:
+                        price = bid + 1
+                qty = rng.randint(1, 10)
+                spec = ("place", next_id, rng.randrange(OWNERS), side, LIMIT, max(1, price), qty)
+            next_id += 1
+        specs.append(spec)
+        if spec[0] == "cancel":
+            events = book.cancel(spec[1])
+        else:
+            events = book.place(_order(spec))
+        for ev in events:
+            t = type(ev)
+            if t is Trade:
+                trades += 1
+                maker = ev.maker
+                side_lots[maker.side] -= ev.quantity
+                if maker.remaining == 0:
+                    forget(maker.id)
+            elif t is Accepted:
+                o = ev.order
+                side_lots[o.side] += o.remaining
+                pos[o.id] = len(live)
+                live.append(o.id)
+            elif t is Cancelled or (t is Expired and ev.order.id in pos):
+                o = ev.order
+                side_lots[o.side] -= o.remaining
+                forget(o.id)
+    return specs, trades, book.seq
+
+
+def _order(spec: tuple) -> Order:
+    _, oid, owner, side, kind, price, qty = spec
+    return Order(oid, owner, side, kind, price=price, quantity=qty)
+
+
+def run_workload(n: int, seed: int, sample_every: int) -> dict:
+    specs, trades, expected_seq = generate(n, seed)
+    # Commands as (is_cancel, argument), grouped so the timed loop can time one
+    # command per group without a per-command branch or counter.
+    commands = [(True, s[1]) if s[0] == "cancel" else (False, _order(s)) for s in specs]
+    del specs
+    groups = []
+    for start in range(0, len(commands), sample_every):
+        group = commands[start : start + sample_every]
+        groups.append((group[:-1], group[-1]))
+    del commands
+    book = OrderBook(maker_fee=10, taker_fee=20, fee_scale=10_000)
+    place, cancel = book.place, book.cancel
+    latencies = []
+    clock = time.perf_counter_ns
+    # Everything built so far lives for the whole run: keep the cyclic GC from
+    # re-scanning it (as a long-running engine process would after loading).
+    gc.collect()
+    gc.freeze()
+    started = clock()
+    for group, (probe_cancel, probe_arg) in groups:
+        for is_cancel, arg in group:
+            if is_cancel:
+                cancel(arg)
+            else:
+                place(arg)
+        t0 = clock()
+        if probe_cancel:
+            cancel(probe_arg)
+        else:
+            place(probe_arg)
+        latencies.append(clock() - t0)
+    elapsed = (clock() - started) / 1e9
+    gc.unfreeze()
+    if book.seq != expected_seq:
+        raise RuntimeError(f"replay diverged: seq {book.seq} != {expected_seq}")
+    latencies.sort()
+    return {
+        "commands": n,
+        "seed": seed,
+        "seconds": round(elapsed, 3),
+        "commands_per_sec": round(n / elapsed),
+        "trades_per_sec": round(trades / elapsed),
+        "trades": trades,
+        "p50_us": round(latencies[len(latencies) // 2] / 1000, 2),
+        "p99_us": round(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1000, 2),
+        "resting_orders_at_end": len(book),
+        "book_levels_at_end": len(book.depth(10**9)[0]) + len(book.depth(10**9)[1]),
+    }
+
+
+def resting_memory(m: int, seed: int) -> float:
+    """Bytes traced per resting order after loading ``m`` non-crossing orders."""
+    rng = random.Random(seed)
+    specs = []
+    for oid in range(1, m + 1):
+        side = BUY if rng.random() < 0.5 else SELL
+        dist = 1 + int(rng.expovariate(1 / 6))
+        price = FAIR_START - dist if side == BUY else FAIR_START + dist
+        specs.append((oid, rng.randrange(OWNERS), side, price, rng.randint(1, 1000)))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    book = OrderBook()
+    place = book.place
+    for oid, owner, side, price, qty in specs:
+        # "+ 0" makes fresh int objects inside the traced region, as parsing a
+        # command would, so their memory is counted too.
+        place(Order(oid + 0, owner, side, LIMIT, price=price + 0, quantity=qty + 0))
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    if len(book) != m:
+        raise RuntimeError("phase 2 orders did not all rest")
+    return (after - before) / m
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--resting", type=int, default=1_000_000)
+    parser.add_argument("--sample-every", type=int, default=8)
+    args = parser.parse_args(argv)
+    result = run_workload(args.commands, args.seed, max(1, args.sample_every))
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["resting_loaded"] = args.resting
+    result["bytes_per_resting_order"] = round(resting_memory(args.resting, args.seed), 1)
+    result["python"] = sys.version.split()[0]
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,822 @@
+"""The order book: price-time priority matching over integer ticks and lots.
+
+Layout, per side:
+
+* ``levels``: dict key -> ``_Level`` and ``keys``: a ``SortedList`` of the keys.
+  Bids are keyed by ``-price`` so that, on both sides, the best level has the
+  smallest key and "the level crosses a limit" is always ``level.key <= limit_key``;
+  one matching loop then serves buys and sells.
+* ``best``: the cached best ``_Level`` (``None`` when the side is empty), so the
+  common case touches neither the sorted list nor the dict.
+* A level is a FIFO ``deque`` of orders plus a running ``total`` of their remaining
+  lots. Cancel is O(1) through the book's id index: the order is only marked
+  (status ``cancelled``) and the level total reduced; the dead entry is skipped and
+  dropped when it reaches the front. ``dead`` counts such entries so a level that
+  accumulates many is compacted (amortised O(1) per cancel), and a level whose total
+  reaches zero is dropped whole, dead entries included.
+
+Untriggered stops sit in two ``SortedList``s of ``(key, seq, order)`` tuples: buy
+stops keyed by stop price (they trigger when the last price rises to it, lowest
+first), sell stops keyed by ``-stop_price`` (they trigger as the price falls, highest
+first). Ties go by seq. Seqs are unique, so tuple comparison never reaches the order.
+
+Fees: rates are ``maker_fee / fee_scale`` and ``taker_fee / fee_scale``. Each party
+pays on what it receives: the buyer ``quantity * rate_num`` base fee units (one unit =
+lot / fee_scale), the seller ``price * quantity * rate_num`` quote fee units (one unit
+= tick x lot / fee_scale). Exact; nothing is rounded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from sortedcontainers import SortedList
+
+from .types import (
+    BUY,
+    CANCELLED,
+    CANCELLED_BY_USER,
+    EXPIRE_BOTH,
+    EXPIRE_MAKER,
+    EXPIRE_TAKER,
+    EXPIRED,
+    FILLED,
+    FOK,
+    FOK_NOT_FILLED,
+    FUNDS_EXHAUSTED,
+    GTC,
+    IOC,
+    IOC_REMAINDER,
+    LIMIT,
+    MARKET,
+    OPEN,
+    PARTIALLY_FILLED,
+    PENDING,
+    POST_ONLY_WOULD_TAKE,
+    REJECTED,
+    SELF_TRADE_PREVENTED,
+    SELL,
+    STOP_LIMIT,
+    STOP_MARKET,
+    STOP_WOULD_TRIGGER_IMMEDIATELY,
+    UNTRIGGERED,
+    Accepted,
+    Cancelled,
+    Expired,
+    Order,
+    Rejected,
+    Trade,
+    Triggered,
+)
+
+# A limit key no level key reaches: market orders use it as their "price limit", and a
+# buy by quote uses it as its lot budget (the quote budget is what stops it).
+_NO_LIMIT = 1 << 62
+
+# Why a taker's matching loop stopped.
+_STOP_GO = -1  # not yet
+_STOP_FILLED = 0
+_STOP_EMPTY = 1  # opposite side ran out
+_STOP_PRICE = 2  # next level is beyond the limit price
+_STOP_FUNDS = 3  # quote_limit cannot buy one more lot at the next price
+_STOP_STP = 4  # met its owner's resting order and must not continue
+
+# Compact a level's deque once it holds this many cancelled entries and they are the
+# majority; below that, skipping them at the front is cheaper than rebuilding.
+_COMPACT_MIN_DEAD = 32
+
+
+class _Level:
+    """One price level: FIFO of orders and the running total of their remaining lots."""
+
+    __slots__ = ("price", "key", "total", "orders", "dead", "touch")
+
+    def __init__(self, side: int, price: int, key: int) -> None:
+        self.price = price
+        self.key = key
+        self.total = 0
+        self.orders: deque[Order] = deque()
+        self.dead = 0
+        # Built once so marking the level touched allocates nothing on the hot path.
+        self.touch = (side, price)
+
+
+class _Side:
+    """One side of the book (see module docstring for the key convention)."""
+
+    __slots__ = ("side", "levels", "keys", "best")
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+        self.levels: dict[int, _Level] = {}
+        self.keys = SortedList()
+        self.best: _Level | None = None
+
+    def key_of(self, price: int) -> int:
+        return -price if self.side == BUY else price
+
+    def add_level(self, price: int) -> _Level:
+        """Create and index a new, empty level. O(log L)."""
+        key = -price if self.side == BUY else price
+        lvl = _Level(self.side, price, key)
+        self.levels[key] = lvl
+        self.keys.add(key)
+        best = self.best
+        if best is None or key < best.key:
+            self.best = lvl
+        return lvl
+
+    def drop_best(self) -> _Level | None:
+        """Remove the (now empty) best level and return the new best. O(log L)."""
+        del self.levels[self.best.key]
+        keys = self.keys
+        keys.pop(0)
+        best = self.levels[keys[0]] if keys else None
+        self.best = best
+        return best
+
+    def drop(self, lvl: _Level) -> None:
+        """Remove an empty level anywhere on the side. O(log L)."""
+        if lvl is self.best:
+            self.drop_best()
+        else:
+            del self.levels[lvl.key]
+            self.keys.remove(lvl.key)
+
+    def depth(self, n: int) -> list[tuple[int, int]]:
+        levels = self.levels
+        return [(levels[k].price, levels[k].total) for k in self.keys.islice(0, n)]
+
+
+class OrderBook:
+    """An in-memory limit order book for one market, with its stop orders.
+
+    Single-threaded and deterministic: the same sequence of ``place``/``cancel``
+    calls yields the same events. Every event takes the next ``seq``.
+    """
+
+    __slots__ = (
+        "maker_fee",
+        "taker_fee",
+        "fee_scale",
+        "stp",
+        "last_price",
+        "seq",
+        "_bids",
+        "_asks",
+        "_index",
+        "_buy_stops",
+        "_sell_stops",
+        "_touched",
+    )
+
+    def __init__(
+        self,
+        maker_fee: int = 0,
+        taker_fee: int = 0,
+        fee_scale: int = 1,
+        stp: int = EXPIRE_TAKER,
+        last_price: int | None = None,
+        seq: int = 0,
+    ) -> None:
+        if maker_fee < 0 or taker_fee < 0 or fee_scale < 1:
+            raise ValueError("fee numerators must be >= 0 and fee_scale >= 1")
+        if stp not in (EXPIRE_TAKER, EXPIRE_MAKER, EXPIRE_BOTH):
+            raise ValueError(f"unknown self-trade prevention mode {stp!r}")
+        self.maker_fee = maker_fee
+        self.taker_fee = taker_fee
+        self.fee_scale = fee_scale
+        self.stp = stp
+        self.last_price = last_price
+        self.seq = seq
+        self._bids = _Side(BUY)
+        self._asks = _Side(SELL)
+        # Resting and untriggered orders by id.
+        self._index: dict[int, Order] = {}
+        self._buy_stops = SortedList()
+        self._sell_stops = SortedList()
+        self._touched: set[tuple[int, int]] = set()
+
+    # ------------------------------------------------------------------ commands
+
+    def place(self, order: Order) -> list:
+        """Apply a new order and return the events it caused, in order.
+
+        The order's ``seq`` becomes the seq of the first event this call emits. A
+        limit order matches against the opposite side (price-time priority) and its
+        remainder rests (GTC) or expires (IOC); FOK fills completely or expires
+        leaving the book untouched; market orders behave as IOC (FOK if asked);
+        stop orders wait untriggered. Stops whose condition holds after the
+        matching are then triggered (see ``_run_stops``) and their events follow.
+
+        Raises ``ValueError`` for an order the API should never send (unknown
+        constants, missing or non-positive price/quantity, a reused object or a
+        live id); the book is unchanged then.
+
+        Complexity: O(1) to rest at an existing level, O(log L) for a new level
+        (L = levels on that side), plus O(1) per trade and O(log L) per level
+        emptied; triggered stops cost O(log S) each plus their own matching.
+        """
+        if order.seq or order.status is not PENDING or order.id in self._index:
+            raise ValueError(f"order {order.id} was already given to this or another book")
+        kind = order.kind
+        price = order.price
+        if (
+            kind == LIMIT
+            and order.tif == GTC
+            and type(price) is int
+            and price > 0
+            and type(order.quantity) is int
+            and order.quantity > 0
+            and (order.quote_limit is None or order.price * order.quantity <= order.quote_limit)
+        ):
+            # Fast path for the most common command, a GTC limit order that does not
+            # cross: it only rests. (The checks above are _validate's for this case.)
+            if order.side == BUY:
+                best = self._asks.best
+                if best is None or best.price > price:
+                    mine = self._bids
+                    key = -price
+                else:
+                    mine = None
+            elif order.side == SELL:
+                best = self._bids.best
+                if best is None or best.price < price:
+                    mine = self._asks
+                    key = price
+                else:
+                    mine = None
+            else:
+                raise ValueError(f"bad side {order.side!r}")
+            if mine is not None:
+                lvl = mine.levels.get(key)
+                if lvl is None:
+                    lvl = mine.add_level(price)
+                lvl.orders.append(order)
+                lvl.total += order.remaining
+                self._index[order.id] = order
+                self._touched.add(lvl.touch)
+                order.status = OPEN
+                self.seq = seq = self.seq + 1
+                order.seq = seq
+                return [Accepted(seq, order)]
+        else:
+            self._validate(order)
+        order.seq = self.seq + 1
+        events: list = []
+        if kind == LIMIT or kind == MARKET:
+            if order.post_only:
+                # Would cross the best opposite price, own orders included.
+                if order.side == BUY:
+                    best, limit_key = self._asks.best, order.price
+                else:
+                    best, limit_key = self._bids.best, -order.price
+                if best is not None and best.key <= limit_key:
+                    self._finish(order, REJECTED, POST_ONLY_WOULD_TAKE, Rejected, events)
+                    return events
+            before = self.last_price
+            self._execute(order, events)
+            if self.last_price != before and (self._buy_stops or self._sell_stops):
+                self._run_stops(events)
+        else:
+            self._place_stop(order, events)
+        return events
+
+    def cancel(self, order_id: int) -> list:
+        """Cancel a resting or untriggered order; ``[]`` if the id is not live.
+
+        The order ends ``cancelled`` (reason ``cancelled_by_user``) with its fills
+        kept. Complexity: O(1) for a resting order whose level stays non-empty
+        (amortised, counting the eventual removal of its dead deque entry),
+        O(log L) if its level empties, O(log S) for an untriggered stop.
+        """
+        order = self._index.pop(order_id, None)
+        if order is None:
+            return []
+        if order.status is UNTRIGGERED:
+            self._stops_of(order.side).remove(self._stop_entry(order))
+        else:
+            side = self._bids if order.side == BUY else self._asks
+            lvl = side.levels[side.key_of(order.price)]
+            lvl.total -= order.remaining
+            self._touched.add(lvl.touch)
+            if lvl.total == 0:
+                # Only dead entries would be left: drop the level with them.
+                side.drop(lvl)
+            else:
+                lvl.dead += 1
+                if lvl.dead >= _COMPACT_MIN_DEAD and 2 * lvl.dead > len(lvl.orders):
+                    order.status = CANCELLED  # mark before filtering
+                    lvl.orders = deque(o for o in lvl.orders if o.status is not CANCELLED)
+                    lvl.dead = 0
+        events: list = []
+        self._finish(order, CANCELLED, CANCELLED_BY_USER, Cancelled, events)
+        return events
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, order_id: int) -> Order | None:
+        """The resting or untriggered order with this id, else ``None``. O(1)."""
+        return self._index.get(order_id)
+
+    def best_bid(self) -> int | None:
+        """Best bid price in ticks, or ``None``. O(1)."""
+        best = self._bids.best
+        return None if best is None else best.price
+
+    def best_ask(self) -> int | None:
+        """Best ask price in ticks, or ``None``. O(1)."""
+        best = self._asks.best
+        return None if best is None else best.price
+
+    def depth(self, n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Top ``n`` levels per side as ``(price_ticks, total_lots)``.
+
+        Bids descending, asks ascending. O(log L + n) using the running totals.
+        """
+        return self._bids.depth(n), self._asks.depth(n)
+
+    def take_touched(self) -> set[tuple[int, int]]:
+        """Return the ``(side, price)`` levels changed since the last call and reset. O(1)."""
+        touched = self._touched
+        self._touched = set()
+        return touched
+
+    def orders(self) -> Iterator[Order]:
+        """Iterate resting and untriggered orders by seq. O(n log n)."""
+        return iter(sorted(self._index.values(), key=_by_seq))
+
+    def __len__(self) -> int:
+        """Number of resting plus untriggered orders. O(1)."""
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return (
+            f"OrderBook(bid={self.best_bid()}, ask={self.best_ask()}, orders={len(self)}, "
+            f"last_price={self.last_price}, seq={self.seq})"
+        )
+
+    # ------------------------------------------------------------------ rebuild
+
+    @classmethod
+    def restore(
+        cls,
+        orders: Iterable[Order],
+        *,
+        maker_fee: int = 0,
+        taker_fee: int = 0,
+        fee_scale: int = 1,
+        stp: int = EXPIRE_TAKER,
+        last_price: int | None = None,
+        seq: int = 0,
+    ) -> OrderBook:
+        """Rebuild a book from its live orders, emitting nothing.
+
+        ``orders`` are resting orders (status open/partially_filled, with their
+        ``remaining`` and ``seq``) and untriggered stops. They are put back in seq
+        order, so time priority survives and the restored book matches exactly as
+        the original would have. The book takes ownership of the Order objects.
+        ``seq`` is the last seq the original book used (at least every order's).
+        Raises ``ValueError`` on an inconsistent snapshot (duplicate id or seq,
+        finished order, crossed book, a stop that should already have triggered).
+        The touched-levels set starts empty. O(n log n).
+        """
+        book = cls(maker_fee, taker_fee, fee_scale, stp, last_price, seq)
+        seen_seqs: set[int] = set()
+        for order in sorted(orders, key=_by_seq):
+            if order.id in book._index:
+                raise ValueError(f"duplicate order id {order.id}")
+            if not 0 < order.seq <= seq or order.seq in seen_seqs:
+                raise ValueError(f"order {order.id}: bad or duplicate seq {order.seq}")
+            seen_seqs.add(order.seq)
+            status = order.status
+            if status == UNTRIGGERED:
+                if order.kind not in (STOP_LIMIT, STOP_MARKET) or not order.stop_price:
+                    raise ValueError(f"order {order.id}: untriggered but not a stop order")
+                if book._stop_holds(order):
+                    raise ValueError(f"order {order.id}: stop condition already holds")
+                order.status = UNTRIGGERED
+                book._stops_of(order.side).add(book._stop_entry(order))
+                book._index[order.id] = order
+            elif status == OPEN or status == PARTIALLY_FILLED:
+                if order.kind not in (LIMIT, STOP_LIMIT) or not order.price or order.price < 0:
+                    raise ValueError(f"order {order.id}: only limit orders rest")
+                if order.remaining <= 0 or order.quantity is None:
+                    raise ValueError(f"order {order.id}: nothing remains to rest")
+                if order.filled + order.remaining != order.quantity:
+                    raise ValueError(f"order {order.id}: filled + remaining != quantity")
+                order.status = OPEN if order.filled == 0 else PARTIALLY_FILLED
+                book._rest(order)
+            else:
+                raise ValueError(f"order {order.id}: status {status!r} cannot be restored")
+        bid, ask = book.best_bid(), book.best_ask()
+        if bid is not None and ask is not None and bid >= ask:
+            raise ValueError(f"restored book is crossed: bid {bid} >= ask {ask}")
+        book._touched = set()
+        return book
+
+    # ------------------------------------------------------------------ invariants
+
+    def check(self) -> None:
+        """Assert every invariant of the book; raises ``AssertionError``. O(n log n).
+
+        Levels sorted and keyed consistently; no empty level; the cached best is the
+        first level; best bid < best ask; each level total equals the sum of its
+        live orders' remaining lots; live orders in each level are in seq order and
+        have the level's price and side; the dead-entry counts are exact; the index
+        holds exactly the resting and untriggered orders; no untriggered stop's
+        condition holds at the last price; every live order has filled + remaining
+        = quantity, remaining > 0, and a status matching its fills.
+        """
+        resting = 0
+        for side in (self._bids, self._asks):
+            keys = list(side.keys)
+            _require(keys == sorted(set(keys)), "level keys not strictly sorted")
+            _require(set(keys) == set(side.levels), "sorted keys and level dict differ")
+            if keys:
+                _require(side.best is side.levels[keys[0]], "cached best is not the first level")
+            else:
+                _require(side.best is None, "cached best set on an empty side")
+            for key in keys:
+                lvl = side.levels[key]
+                _require(lvl.key == key and side.key_of(lvl.price) == key, "level key mismatch")
+                _require(lvl.touch == (side.side, lvl.price), "level touch key mismatch")
+                _require(lvl.total > 0, f"empty level at {lvl.price}")
+                total = dead = 0
+                last_seq = 0
+                for o in lvl.orders:
+                    if o.status is CANCELLED:
+                        dead += 1
+                        _require(self._index.get(o.id) is not o, "cancelled order still indexed")
+                        continue
+                    _require(o.status in (OPEN, PARTIALLY_FILLED), f"order {o.id} not live")
+                    _require(self._index.get(o.id) is o, f"resting order {o.id} not indexed")
+                    _require(o.side == side.side and o.price == lvl.price, "order on wrong level")
+                    _require(o.seq > last_seq, f"level {lvl.price} not in time priority")
+                    last_seq = o.seq
+                    self._check_order_state(o)
+                    total += o.remaining
+                    resting += 1
+                _require(total == lvl.total, f"level {lvl.price} total {lvl.total} != {total}")
+                _require(dead == lvl.dead, f"level {lvl.price} dead count {lvl.dead} != {dead}")
+        bid, ask = self.best_bid(), self.best_ask()
+        _require(bid is None or ask is None or bid < ask, f"crossed book: {bid} >= {ask}")
+        stops = 0
+        for stop_list, side in ((self._buy_stops, BUY), (self._sell_stops, SELL)):
+            entries = list(stop_list)
+            _require(entries == sorted(entries, key=lambda e: (e[0], e[1])), "stops unsorted")
+            for key, seq, o in entries:
+                _require(o.side == side and o.status is UNTRIGGERED, "bad untriggered stop")
+                _require(self._index.get(o.id) is o, f"stop {o.id} not indexed")
+                _require((key, seq) == self._stop_entry(o)[:2], "stop entry key mismatch")
+                _require(not self._stop_holds(o), f"stop {o.id} should have triggered")
+                stops += 1
+        _require(resting + stops == len(self._index), "index holds orders not in the book")
+        _require(all(o.seq <= self.seq for o in self._index.values()), "order seq > book seq")
+
+    @staticmethod
+    def _check_order_state(o: Order) -> None:
+        _require(o.remaining > 0, f"order {o.id} rests with nothing remaining")
+        _require(o.filled + o.remaining == o.quantity, f"order {o.id} quantities do not add up")
+        _require((o.status == OPEN) == (o.filled == 0), f"order {o.id} status/fills mismatch")
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _validate(order: Order) -> None:
+        """Refuse an order the API must never send: the core trusts its inputs after."""
+        side, kind, tif = order.side, order.kind, order.tif
+        if side != BUY and side != SELL:
+            raise ValueError(f"bad side {side!r}")
+        if tif != GTC and tif != IOC and tif != FOK:
+            raise ValueError(f"bad time in force {tif!r}")
+        if kind not in (LIMIT, MARKET, STOP_LIMIT, STOP_MARKET):
+            raise ValueError(f"bad order kind {kind!r}")
+        qty = order.quantity
+        if kind == LIMIT or kind == STOP_LIMIT:
+            _positive_int(order.price, "price")
+            _positive_int(qty, "quantity")
+        elif qty is None:
+            if side != BUY or order.quote_limit is None:
+                raise ValueError("only a market buy may omit quantity, and needs a quote_limit")
+        else:
+            _positive_int(qty, "quantity")
+        if kind == STOP_LIMIT or kind == STOP_MARKET:
+            _positive_int(order.stop_price, "stop_price")
+        if order.post_only and (kind != LIMIT or tif != GTC):
+            raise ValueError("post_only applies to limit GTC orders only")
+        if order.quote_limit is not None:
+            _positive_int(order.quote_limit, "quote_limit")
+
+    def _finish(self, order: Order, status: str, reason: str | None, event, events) -> None:
+        """Set a terminal (or rejected) status and emit its event."""
+        order.status = status
+        order.reason = reason
+        self.seq += 1
+        events.append(event(self.seq, order))
+
+    def _rest(self, order: Order) -> _Level:
+        """Append an order to its level (creating it). O(1), or O(log L) for a new level."""
+        if order.side == BUY:
+            side = self._bids
+            lvl = side.levels.get(-order.price)
+        else:
+            side = self._asks
+            lvl = side.levels.get(order.price)
+        if lvl is None:
+            lvl = side.add_level(order.price)
+        lvl.orders.append(order)
+        lvl.total += order.remaining
+        self._index[order.id] = order
+        self._touched.add(lvl.touch)
+        return lvl
+
+    def _rest_or_expire(self, order: Order, left: int | None, events: list) -> None:
+        """Rest a GTC remainder, unless its hold cannot pay for it at its price."""
+        if left is not None and order.price * order.remaining > left:
+            # Resting would let it buy more than its hold as a maker.
+            self._finish(order, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+            return
+        order.status = OPEN if order.filled == 0 else PARTIALLY_FILLED
+        self._rest(order)
+        self.seq += 1
+        events.append(Accepted(self.seq, order))
+
+    def _execute(self, taker: Order, events: list) -> None:
+        """Match a limit or market order (or a triggered stop) and settle its remainder."""
+        side = taker.side
+        kind = taker.kind
+        if kind == LIMIT or kind == STOP_LIMIT:
+            limit_key = taker.price if side == BUY else -taker.price
+            tif = taker.tif
+        else:
+            limit_key = _NO_LIMIT
+            tif = FOK if taker.tif == FOK else IOC
+        if side == BUY:
+            opp = self._asks
+            left = taker.quote_limit
+        else:
+            opp = self._bids
+            left = None  # sells spend base, never quote
+        by_quote = taker.quantity is None
+        lvl = opp.best
+        if lvl is None or lvl.key > limit_key:
+            # Nothing to take (the common case for a passive limit order).
+            if tif == GTC:
+                self._rest_or_expire(taker, left, events)
+            else:
+                reason = FOK_NOT_FILLED if tif == FOK else IOC_REMAINDER
+                self._finish(taker, EXPIRED, reason, Expired, events)
+            return
+        if tif == FOK and not self._fok_fillable(taker, opp, limit_key, left, by_quote):
+            self._finish(taker, EXPIRED, FOK_NOT_FILLED, Expired, events)
+            return
+
+        # The matching loop. Hot: everything it needs is in locals; the outer loop runs
+        # once per price level, the inner once per maker, and the level total and the
+        # taker's totals are written back once rather than per trade.
+        buy = side == BUY
+        need = _NO_LIMIT if by_quote else taker.remaining
+        limited = left is not None
+        owner = taker.owner
+        stp = self.stp
+        mnum = self.maker_fee
+        tnum = self.taker_fee
+        index = self._index
+        touched = self._touched
+        append = events.append
+        seq = self.seq
+        filled = filled_quote = taker_fee = 0
+        last_px = 0
+        stop = _STOP_GO
+        while True:
+            if lvl is None:
+                stop = _STOP_EMPTY
+                break
+            if lvl.key > limit_key:
+                stop = _STOP_PRICE
+                break
+            px = lvl.price
+            q = lvl.orders
+            total = lvl.total
+            touched.add(lvl.touch)
+            while True:
+                maker = q[0]
+                if maker.status is CANCELLED:
+                    q.popleft()
+                    lvl.dead -= 1
+                    continue
+                mrem = maker.remaining
+                qty = mrem if mrem < need else need
+                if limited:
+                    afford = left // px
+                    if afford == 0:
+                        stop = _STOP_FUNDS
+                        break
+                    if qty > afford:
+                        qty = afford
+                if maker.owner == owner:
+                    if stp != EXPIRE_TAKER:
+                        q.popleft()
+                        total -= mrem
+                        del index[maker.id]
+                        maker.status = EXPIRED
+                        maker.reason = SELF_TRADE_PREVENTED
+                        seq += 1
+                        append(Expired(seq, maker))
+                    if stp != EXPIRE_MAKER:
+                        stop = _STOP_STP
+                        break
+                    if total == 0:
+                        break
+                    continue
+                quote = px * qty
+                if buy:
+                    maker_fee = quote * mnum
+                    fee = qty * tnum
+                else:
+                    maker_fee = qty * mnum
+                    fee = quote * tnum
+                mrem -= qty
+                maker.remaining = mrem
+                maker.filled += qty
+                maker.filled_quote += quote
+                maker.fee += maker_fee
+                if mrem:
+                    maker.status = PARTIALLY_FILLED
+                else:
+                    maker.status = FILLED
+                    q.popleft()
+                    del index[maker.id]
+                seq += 1
+                append(Trade(seq, maker, taker, px, qty, quote, maker_fee, fee))
+                filled += qty
+                filled_quote += quote
+                taker_fee += fee
+                if limited:
+                    left -= quote
+                total -= qty
+                need -= qty
+                last_px = px
+                if need == 0 or total == 0:
+                    break
+            lvl.total = total
+            if total == 0:
+                lvl = opp.drop_best()
+            if stop != _STOP_GO:
+                break
+            if need == 0:
+                stop = _STOP_FILLED
+                break
+        self.seq = seq
+        if filled:
+            self.last_price = last_px
+            taker.filled += filled
+            taker.filled_quote += filled_quote
+            taker.fee += taker_fee
+        if not by_quote:
+            taker.remaining = need
+
+        if by_quote:
+            if stop == _STOP_STP:
+                self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
+            elif filled and (stop == _STOP_FUNDS or left < last_px):
+                # Less than one lot's worth is left unspent: that is a complete fill.
+                taker.status = FILLED
+            else:
+                self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+        elif need == 0:
+            taker.status = FILLED
+        elif stop == _STOP_STP:
+            self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
+        elif stop == _STOP_FUNDS:
+            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+        elif tif == GTC:
+            self._rest_or_expire(taker, left, events)
+        else:
+            self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+
+    def _fok_fillable(
+        self, taker: Order, opp: _Side, limit_key: int, left: int | None, by_quote: bool
+    ) -> bool:
+        """Whether matching would fill the taker completely; mutates nothing.
+
+        Walks the liquidity exactly as the matching loop would (same order of
+        checks: price, funds, self-trade), so a True here guarantees a full fill.
+        O(levels and orders visited).
+        """
+        need = taker.remaining
+        owner = taker.owner
+        skip_own = self.stp == EXPIRE_MAKER
+        levels = opp.levels
+        filled = 0
+        last_px = 0
+        for key in opp.keys:
+            if key > limit_key:
+                break
+            lvl = levels[key]
+            px = lvl.price
+            for maker in lvl.orders:
+                if maker.status is CANCELLED:
+                    continue
+                qty = maker.remaining
+                if not by_quote and qty > need:
+                    qty = need
+                if left is not None:
+                    afford = left // px
+                    if afford == 0:
+                        # A buy by quote that can no longer afford a lot is complete.
+                        return by_quote and filled > 0
+                    if qty > afford:
+                        qty = afford
+                if maker.owner == owner:
+                    if skip_own:
+                        continue  # it would be expired, not traded with
+                    return False  # the taker would be stopped here
+                filled += qty
+                last_px = px
+                if left is not None:
+                    left -= px * qty
+                if not by_quote:
+                    need -= qty
+                    if need == 0:
+                        return True
+        return by_quote and filled > 0 and left < last_px
+
+    # stops
+
+    def _stops_of(self, side: int) -> SortedList:
+        return self._buy_stops if side == BUY else self._sell_stops
+
+    @staticmethod
+    def _stop_entry(order: Order) -> tuple:
+        key = order.stop_price if order.side == BUY else -order.stop_price
+        return (key, order.seq, order)
+
+    def _stop_holds(self, order: Order) -> bool:
+        last = self.last_price
+        if last is None:
+            return False
+        if order.side == BUY:
+            return last >= order.stop_price
+        return last <= order.stop_price
+
+    def _place_stop(self, order: Order, events: list) -> None:
+        if self._stop_holds(order):
+            self._finish(order, REJECTED, STOP_WOULD_TRIGGER_IMMEDIATELY, Rejected, events)
+            return
+        order.status = UNTRIGGERED
+        self._stops_of(order.side).add(self._stop_entry(order))
+        self._index[order.id] = order
+        self.seq += 1
+        events.append(Accepted(self.seq, order))
+
+    def _run_stops(self, events: list) -> None:
+        """Trigger every stop whose condition holds, in rounds, until none does.
+
+        A round collects the stops that hold at the current last price: buy stops
+        by ascending stop price (the price rose to them), sell stops by descending
+        stop price (it fell to them), ties by seq; only before any trade ever can
+        both sides trigger at once, and then buys go first. Each enters matching in
+        turn with a ``Triggered`` event whose seq becomes its time priority. Their
+        trades may move the price: the next round sees the new last price.
+        O(log S) per triggered stop plus its matching.
+        """
+        buy_stops = self._buy_stops
+        sell_stops = self._sell_stops
+        while True:
+            last = self.last_price
+            batch = []
+            while buy_stops and buy_stops[0][0] <= last:
+                batch.append(buy_stops.pop(0)[2])
+            while sell_stops and -sell_stops[0][0] >= last:
+                batch.append(sell_stops.pop(0)[2])
+            if not batch:
+                return
+            for order in batch:
+                del self._index[order.id]
+                self.seq += 1
+                order.seq = self.seq
+                events.append(Triggered(self.seq, order))
+                self._execute(order, events)
+
+
+def _by_seq(order: Order) -> int:
+    return order.seq
+
+
+def _positive_int(value: object, what: str) -> None:
+    if value is None:
+        raise ValueError(f"{what} is required")
+    # Floats never enter the core: amounts are integer ticks, lots and units.
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{what} must be positive, got {value}")
+
+
+def _require(condition: bool, message: str) -> None:
+    # Explicit raise rather than ``assert`` so check() still works under ``python -O``.
+    if not condition:
+        raise AssertionError(message)
