@@ -9,15 +9,15 @@ from marketdata.models import Market
 from orders.models import Order, Trade
 
 
-def orders_of_user(*, user, symbol: str | None = None, statuses: list[str] | None = None, side: str | None = None) -> QuerySet:
+def orders_of_user(*, user, symbol: str | None = None, status: list[str] | None = None, side: str | None = None) -> QuerySet:
     orders = Order.objects.filter(user=user).select_related("market")
     if symbol:
         market_id = Market.objects.filter(symbol=symbol).values_list("id", flat=True).first()
         if market_id is None:
             raise UnknownSymbol(f"No market {symbol}.", details={"symbol": [f"Unknown market {symbol}."]})
         orders = orders.filter(market_id=market_id)
-    if statuses:
-        orders = orders.filter(status__in=statuses)
+    if status:
+        orders = orders.filter(status__in=status)
     if side:
         orders = orders.filter(side=side)
     return orders

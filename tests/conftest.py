@@ -42,7 +42,10 @@ def auth_client(make_user):
 
 @pytest.fixture
 def market(db):
+    from marketdata import cache
     from marketdata.services import market_create
+
+    cache.clear()  # ids change between tests (the DB is reset); the per-process cache must not remember
 
     def make(symbol: str = "BTC-USDT", **filters):
         defaults = {

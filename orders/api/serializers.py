@@ -78,7 +78,7 @@ class OrderOutput(serializers.BaseSerializer):
             "quote_quantity": at_scale(order.quote_quantity, vp),
             "filled_quantity": at_scale(filled, qp),
             "filled_quote": at_scale(order.filled_quote, vp),
-            "average_price": plain(average),
+            "average_price": at_scale(average, 18),
             "fee_total": plain(order.fee_total) if order.fee_total else "0",
             "status": order.status,
             "reject_reason": order.reject_reason,
