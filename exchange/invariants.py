@@ -1,0 +1,163 @@
+"""The exchange's invariants, as queries: used by integration tests, `make chaos` and `make bench`.
+
+Each check returns a list of human-readable violations (empty = holds). Some
+only hold once the system is quiescent (no command in flight, the outbox
+drained): `check_all(quiescent=True)` runs those too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import connection
+
+from marketdata.models import Market
+from orders.models import Order
+
+
+@dataclass
+class Report:
+    violations: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def add(self, name: str, found: list[str]) -> None:
+        self.violations[name] = found
+
+    def summary(self) -> dict[str, int]:
+        return {name: len(found) for name, found in self.violations.items()}
+
+
+def _rows(sql: str, params=None) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or [])
+        return cursor.fetchall()
+
+
+def no_order_left_pending(*, older_than_seconds: float = 10) -> list[str]:
+    rows = _rows(
+        "SELECT id FROM orders_order WHERE status = 'pending' AND created_at < now() - make_interval(secs => %s)",
+        [older_than_seconds],
+    )
+    return [f"order {order_id} still pending" for (order_id,) in rows]
+
+
+def no_duplicate_trade() -> list[str]:
+    rows = _rows(
+        "SELECT taker_order_id, taker_step, count(*) FROM orders_trade GROUP BY 1, 2 HAVING count(*) > 1"
+    )
+    return [f"trade key ({taker}, {step}) appears {n} times" for taker, step, n in rows]
+
+
+def fills_match_trades() -> list[str]:
+    """Each order's filled quantity (and quote) equals the sum of its trades, never above its quantity."""
+    rows = _rows(
+        """
+        WITH fills AS (
+            SELECT order_id, sum(quantity) AS qty, sum(quote_quantity) AS quote FROM (
+                SELECT maker_order_id AS order_id, quantity, quote_quantity FROM orders_trade
+                UNION ALL
+                SELECT taker_order_id, quantity, quote_quantity FROM orders_trade
+            ) legs GROUP BY order_id
+        )
+        SELECT o.id, o.filled_quantity, coalesce(f.qty, 0), o.filled_quote, coalesce(f.quote, 0), o.quantity
+          FROM orders_order o LEFT JOIN fills f ON f.order_id = o.id
+         WHERE o.filled_quantity <> coalesce(f.qty, 0)
+            OR o.filled_quote <> coalesce(f.quote, 0)
+            OR (o.quantity IS NOT NULL AND o.filled_quantity > o.quantity)
+        """
+    )
+    return [f"order {oid}: filled {fq} vs trades {tq}, quote {fqq} vs {tqq}, quantity {q}" for oid, fq, tq, fqq, tqq, q in rows]
+
+
+def no_self_trade() -> list[str]:
+    rows = _rows("SELECT id FROM orders_trade WHERE buyer_id = seller_id")
+    return [f"trade {trade_id} is a self-trade" for (trade_id,) in rows]
+
+
+def no_negative_balance() -> list[str]:
+    rows = _rows("SELECT owner, asset, available, held FROM wallet_account WHERE available < 0 OR held < 0")
+    rows += _rows(
+        "SELECT key, '', amount - captured - released, 0 FROM wallet_hold WHERE captured + released > amount OR captured < 0 OR released < 0"
+    )
+    return [f"{owner} {asset}: available {available}, held {held}" for owner, asset, available, held in rows]
+
+
+def funds_conserved() -> list[str]:
+    """For each asset: all balances (users and fee account) == deposits − withdrawals (+ staff adjustments)."""
+    from settlement.clients.wallet import wallet_client
+
+    return [
+        f"{asset}: accounts hold {t.available + t.held}, deposits {t.deposits} − withdrawals {t.withdrawals} + adjustments {t.adjustments}"
+        for asset, t in wallet_client().totals().items()
+        if not t.balanced
+    ]
+
+
+def holds_match_open_orders() -> list[str]:
+    """Quiescent only: what a user holds is exactly the unused holds of their live orders."""
+    expected: dict[tuple[str, str], Decimal] = {}
+    for order in Order.objects.filter(status__in=Order.LIVE_STATUSES).only(
+        "user_id", "side", "hold_asset", "hold_amount", "filled_quantity", "filled_quote"
+    ):
+        captured = order.filled_quote if order.side == Order.Side.BUY else order.filled_quantity
+        key = (f"user:{order.user_id}", order.hold_asset)
+        expected[key] = expected.get(key, Decimal(0)) + order.hold_amount - captured
+    actual = {
+        (owner, asset): held
+        for owner, asset, held in _rows("SELECT owner, asset, held FROM wallet_account WHERE owner LIKE 'user:%%'")
+    }
+    problems = []
+    for key in set(expected) | set(actual):
+        if expected.get(key, Decimal(0)) != actual.get(key, Decimal(0)):
+            problems.append(f"{key[0]} {key[1]}: held {actual.get(key, 0)}, open orders need {expected.get(key, 0)}")
+    return problems
+
+
+def outbox_drained() -> list[str]:
+    rows = _rows(
+        "SELECT 'settlement', status, count(*) FROM settlement_settlement WHERE status <> 'settled' GROUP BY status "
+        "UNION ALL SELECT 'release', status, count(*) FROM settlement_holdrelease WHERE status <> 'done' GROUP BY status"
+    )
+    return [f"{n} {what} rows {status}" for what, status, n in rows]
+
+
+def books_consistent() -> list[str]:
+    """The book rebuilt from the DB is sound (not crossed, quantities add up) and equals
+    the engine's published snapshot (quiescent only)."""
+    from matching.selectors import book_snapshot
+    from matching.services import book_rebuild
+
+    problems = []
+    for market in Market.objects.all():
+        try:
+            rebuilt = book_rebuild(market).book
+            rebuilt.check()
+        except (AssertionError, ValueError) as exc:
+            problems.append(f"{market.symbol}: rebuilt book is inconsistent: {exc}")
+            continue
+        snapshot = book_snapshot(market.symbol)
+        if snapshot is None:
+            continue
+        bids, asks = rebuilt.depth(1000)
+        if [list(level) for level in bids] != snapshot["bids"] or [list(level) for level in asks] != snapshot["asks"]:
+            problems.append(f"{market.symbol}: engine snapshot differs from the book rebuilt from the DB")
+    return problems
+
+
+def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10) -> Report:
+    report = Report()
+    report.add("no_order_left_pending", no_order_left_pending(older_than_seconds=pending_grace_seconds))
+    report.add("no_duplicate_trade", no_duplicate_trade())
+    report.add("fills_match_trades", fills_match_trades())
+    report.add("no_self_trade", no_self_trade())
+    report.add("no_negative_balance", no_negative_balance())
+    report.add("funds_conserved", funds_conserved())
+    if quiescent:
+        report.add("outbox_drained", outbox_drained())
+        report.add("holds_match_open_orders", holds_match_open_orders())
+        report.add("books_consistent", books_consistent())
+    return report
