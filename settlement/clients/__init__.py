@@ -1,0 +1,1 @@
+"""Clients of the services the exchange talks to over the network."""
