@@ -362,23 +362,27 @@ def _apply_batch(specs: list[TransferSpec | ReleaseSpec]) -> dict[str, Operation
     return outcome
 
 
+def _by_key(row: dict) -> str:
+    return row["key"]
+
+
 def _claim(cursor, specs: Iterable[TransferSpec | ReleaseSpec]) -> dict[str, int]:
     """Insert the operation records; return key -> id for the keys not taken before.
 
     Sorted by key, so two batches sharing keys wait for each other in one order.
     """
-    rows = sorted((spec.key, spec.kind, json.dumps(spec.as_json())) for spec in specs)
+    rows = sorted(({"key": spec.key, "kind": spec.kind, "payload": spec.as_json()} for spec in specs), key=_by_key)
     if not rows:
         return {}
-    keys, kinds, payloads = (list(column) for column in zip(*rows, strict=True))
+    # One JSON document rather than a text[] of JSON: no per-element array escaping.
     cursor.execute(
         """INSERT INTO wallet_operation (key, kind, payload, created_at)
-           SELECT t.key, t.kind, t.payload::jsonb, now()
-             FROM unnest(%s::varchar[], %s::varchar[], %s::text[]) WITH ORDINALITY AS t(key, kind, payload, n)
-            ORDER BY t.n
+           SELECT t.key, t.kind, t.payload, now()
+             FROM jsonb_to_recordset(%s::jsonb) AS t(key varchar, kind varchar, payload jsonb)
+            ORDER BY t.key
            ON CONFLICT (key) DO NOTHING
         RETURNING key, id""",
-        [keys, kinds, payloads],
+        [json.dumps(rows)],
     )
     return dict(cursor.fetchall())
 

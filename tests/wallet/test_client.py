@@ -187,3 +187,11 @@ def test_concurrent_holds_over_http_never_overdraw(wc):
     assert sum(isinstance(r, HoldResult) for r in results) == 7
     (usdt,) = wc.balances(owner)
     assert (usdt.available, usdt.held) == (0, D("70"))
+
+
+def test_bench_runs_against_a_wallet(wc):
+    from wallet.bench import run
+
+    figures = run(wc, holds=20, batches=4, batch_size=5, concurrency=2)
+    assert figures["holds"]["holds"] == 20 and figures["transfers"]["transfers"] == 20
+    assert figures["conserved"] is True
