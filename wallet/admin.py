@@ -31,6 +31,12 @@ class EntryInline(admin.TabularInline):
         return False
 
 
+class HoldEntryInline(EntryInline):
+    fk_name = "hold"
+    fields = ("operation", "account", "bucket", "amount", "created_at")
+    readonly_fields = fields
+
+
 @admin.register(Account)
 class AccountAdmin(ReadOnlyAdmin):
     list_display = ("owner", "asset", "available", "held", "updated_at")
@@ -44,6 +50,7 @@ class HoldAdmin(ReadOnlyAdmin):
     search_fields = ("key", "account__owner")
     list_select_related = ("account",)
     date_hierarchy = "created_at"
+    inlines = [HoldEntryInline]
 
 
 @admin.register(Operation)

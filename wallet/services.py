@@ -4,8 +4,9 @@ Concurrency rules (why nothing can go negative):
 
 * A balance changes only in SQL that either checks it under the row lock
   (`UPDATE ... WHERE available >= %s`, re-evaluated by PostgreSQL on the newest row
-  version) or after `SELECT ... FOR UPDATE`. The table's CHECK constraints are
-  the last line of defence.
+  version) or after `SELECT ... FOR NO KEY UPDATE` (the lock an UPDATE takes: it
+  does not block other transactions' foreign-key checks). The tables' CHECK
+  constraints are the last line of defence.
 * Rows are locked in one global order: operation keys (sorted), then holds by
   id, then accounts by id. Hold placement locks a single account row.
 * An idempotency key is claimed by inserting its `Operation` row first
@@ -158,7 +159,7 @@ def hold_place(*, key: str, owner: str, asset: str, amount: Decimal, up_to: bool
         if up_to:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT available FROM wallet_account WHERE owner = %s AND asset = %s FOR UPDATE",
+                    "SELECT available FROM wallet_account WHERE owner = %s AND asset = %s FOR NO KEY UPDATE",
                     [owner, asset],
                 )
                 row = cursor.fetchone()
@@ -406,7 +407,7 @@ def _lock(cursor, specs: list[TransferSpec | ReleaseSpec]) -> _Ledger:
     if hold_keys:
         cursor.execute(
             """SELECT key, id, account_id, amount, captured, released FROM wallet_hold
-                WHERE key = ANY(%s::varchar[]) ORDER BY id FOR UPDATE""",
+                WHERE key = ANY(%s::varchar[]) ORDER BY id FOR NO KEY UPDATE""",
             [sorted(hold_keys)],
         )
         holds = {row[0]: _HoldRow(*row[1:]) for row in cursor.fetchall()}
@@ -439,7 +440,7 @@ def _lock_accounts(cursor, ids: list[int], pairs: list[tuple[str, str]]) -> dict
                          SELECT a.id FROM wallet_account a
                            JOIN unnest(%s::varchar[], %s::varchar[]) AS t(owner, asset)
                              ON a.owner = t.owner AND a.asset = t.asset)
-            ORDER BY id FOR UPDATE""",
+            ORDER BY id FOR NO KEY UPDATE""",
         [ids, owners, assets],
     )
     return {(row[1], row[2]): _AccountRow(*row) for row in cursor.fetchall()}
@@ -530,7 +531,7 @@ def _external_apply(kind, key, owner, asset, amount, payload) -> tuple[Operation
         if row is None:
             existing = operation_find(key=key)
             if existing is None:  # claimed and rolled back meanwhile: cannot happen after the wait
-                raise OperationalError("operation key vanished")
+                raise RuntimeError(f"operation {key} neither inserted nor found")
             if existing.kind != kind or existing.payload != payload:
                 raise KeyConflict(f"Key {key} was used for another operation.")
             return existing, False
