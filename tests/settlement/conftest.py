@@ -1,0 +1,205 @@
+"""Settlement test fixtures: a private Celery broker and queue, real Celery workers, a
+fault-injecting proxy in front of the real wallet, and funded trade scenarios.
+
+Isolation: other suites flush Redis database 0 and other sessions may run workers
+on it, so these tests publish to their own Redis database (`BROKER_DB`) and every
+worker consumes a queue named for its test alone; a worker is started per test and
+stopped before pytest-django truncates the tables.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+import requests
+
+from tests.support.processes import free_port, process_env
+
+BROKER_DB = 11
+WORKER_SETTINGS = "tests.settlement.worker_settings"
+_queues = itertools.count(1)
+
+
+def _set_broker(url: str) -> None:
+    from exchange.celery import app
+
+    app.conf.broker_url = url
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def settlement_broker():
+    """Publish this package's Celery messages to a Redis database of its own."""
+    from django.conf import settings
+
+    from exchange.celery import app
+
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    previous = app.conf.broker_url
+    _set_broker(url)
+    yield url
+    _set_broker(previous)
+
+
+@pytest.fixture(autouse=True)
+def settlement_queue(settings):
+    """A queue no worker reads unless the test starts one for it (messages go nowhere)."""
+    settings.SETTLEMENT_QUEUE = f"settlement-test-{uuid.uuid4().hex[:8]}-{next(_queues)}"
+    settings.SETTLEMENT_RESOLVE_MIN_AGE_SECONDS = 0
+    return settings.SETTLEMENT_QUEUE
+
+
+# --- a proxy in front of the wallet ---------------------------------------------------
+
+
+class WalletProxy:
+    """HTTP proxy to the wallet whose `mode` a test flips: "pass", "503" (answer 503),
+    "drop" (close the connection unanswered), "delay" (wait `delay` s, then pass)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.mode = "pass"
+        self.delay = 0.0
+        self.counts: dict[str, int] = {}
+        self.operations_calls = 0
+        self.session = requests.Session()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                mode = proxy.mode
+                proxy.counts[mode] = proxy.counts.get(mode, 0) + 1
+                if self.path.startswith("/v1/operations") and self.command == "POST":
+                    proxy.operations_calls += 1
+                if mode == "drop":
+                    self.close_connection = True
+                    return
+                if mode == "503":
+                    payload = b'{"error": {"code": "unavailable", "message": "down for a test"}}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if mode == "delay":
+                    time.sleep(proxy.delay)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() in ("authorization", "content-type")
+                }
+                upstream = proxy.session.request(
+                    self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=30
+                )
+                self.send_response(upstream.status_code)
+                self.send_header(
+                    "Content-Type", upstream.headers.get("Content-Type", "application/json")
+                )
+                self.send_header("Content-Length", str(len(upstream.content)))
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+            do_GET = do_POST = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def wallet_proxy(wallet_server):
+    proxy = WalletProxy(wallet_server.url)
+    yield proxy
+    proxy.close()
+
+
+# --- real Celery workers -----------------------------------------------------------------
+
+
+class Workers:
+    """Start Celery worker subprocesses on this test's queue; all stopped at teardown."""
+
+    def __init__(self, project_processes, queue: str, broker: str, wallet_url: str, tmp_path):
+        self.group = project_processes
+        self.queue = queue
+        self.broker = broker
+        self.wallet_url = wallet_url
+        self.tmp_path = tmp_path
+        self.metrics_urls: dict[int, str] = {}
+
+    def start(
+        self, *, beat: bool = True, concurrency: int = 4, wallet_url: str | None = None, **env
+    ):
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "celery", "-A", "exchange", "worker",
+            "--pool", "threads", "--concurrency", str(concurrency),
+            "-Q", self.queue, "--hostname", f"{self.queue}-{port}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+        ]  # fmt: skip
+        if beat:
+            argv += ["--beat", "--schedule", str(self.tmp_path / f"beat-{port}")]
+        environment = process_env(
+            DJANGO_SETTINGS_MODULE=WORKER_SETTINGS,
+            REDIS_URL=self.broker,
+            WALLET_URL=wallet_url or self.wallet_url,
+            SETTLEMENT_QUEUE=self.queue,
+            SETTLEMENT_METRICS_PORT=str(port),
+            **{key: str(value) for key, value in env.items()},
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        process = self.group.start("worker", argv, env=environment, ready_url=url, ready_timeout=60)
+        process.extra["metrics_url"] = url
+        return process
+
+
+@pytest.fixture
+def workers(project_processes, settlement_queue, settlement_broker, wallet_proxy, tmp_path):
+    """`workers.start(**env)`: a real worker (threads pool, embedded beat) reading this
+    test's queue, talking to the wallet through `wallet_proxy`."""
+    return Workers(
+        project_processes, settlement_queue, settlement_broker, wallet_proxy.url, tmp_path
+    )
+
+
+# --- scenarios -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scenario(wallet_server):
+    """scenario(pairs=2, trades=4) -> a funded, held Scenario with its trades committed
+    (outbox rows pending, nothing dispatched)."""
+    from settlement import bench
+
+    def make(*, pairs: int = 2, trades: int = 4, seed: int = 1, **kwargs) -> bench.Scenario:
+        made = bench.scenario_setup(pairs=pairs, quantity_per_pair=Decimal("0.05"), **kwargs)
+        bench.trades_commit(made, bench.scenario_plan(made, trades=trades, seed=seed))
+        return made
+
+    return make
