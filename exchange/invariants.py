@@ -148,16 +148,128 @@ def books_consistent() -> list[str]:
     return problems
 
 
-def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10) -> Report:
+def no_replayed_trade() -> list[str]:
+    """A replayed command must not add trades under new keys either: each engine sequence is
+    one event (so one trade), and a maker meets a given taker in one trade at most (a taker
+    sweeps a maker once, in the one batch that places it)."""
+    rows = _rows("SELECT market_id, sequence, count(*) FROM orders_trade GROUP BY 1, 2 HAVING count(*) > 1")
+    problems = [f"market {market}: engine sequence {seq} carries {n} trades" for market, seq, n in rows]
+    rows = _rows("SELECT maker_order_id, taker_order_id, count(*) FROM orders_trade GROUP BY 1, 2 HAVING count(*) > 1")
+    problems += [f"maker {maker} and taker {taker} traded {n} times" for maker, taker, n in rows]
+    return problems
+
+
+def statuses_match_fills() -> list[str]:
+    """An order's status agrees with its fills: `filled` is all of it, `open`/`pending`/
+    `untriggered` none, `partially_filled` some; a cancelled, expired or rejected order
+    was never completely filled (it cannot be both filled and cancelled)."""
+    rows = _rows(
+        """
+        SELECT id, status, filled_quantity, quantity FROM orders_order
+         WHERE (status IN ('pending', 'untriggered', 'open') AND (filled_quantity <> 0 OR filled_quote <> 0))
+            OR (quantity IS NOT NULL AND status = 'filled' AND filled_quantity <> quantity)
+            OR (quantity IS NULL AND status = 'filled' AND filled_quantity = 0)
+            OR (status = 'partially_filled' AND (filled_quantity = 0 OR filled_quantity >= coalesce(quantity, filled_quantity + 1)))
+            OR (quantity IS NOT NULL AND status IN ('cancelled', 'expired', 'rejected') AND filled_quantity >= quantity)
+        """
+    )
+    return [f"order {oid}: status {status} with filled {filled} of {quantity}" for oid, status, filled, quantity in rows]
+
+
+def trades_exact() -> list[str]:
+    """Every trade's amounts are exact (PostgreSQL numeric arithmetic, no rounding): quote =
+    price × quantity; the buyer's fee = quantity × its rate (in base), the seller's =
+    quote × its rate (in quote); the rates are the market's maker/taker rates by role."""
+    rows = _rows(
+        """
+        SELECT id, price, quantity, quote_quantity, buyer_fee, seller_fee, taker_side, maker_fee_rate, taker_fee_rate
+          FROM orders_trade
+         WHERE quote_quantity <> price * quantity
+            OR buyer_fee <> quantity * CASE WHEN taker_side = 'buy' THEN taker_fee_rate ELSE maker_fee_rate END
+            OR seller_fee <> quote_quantity * CASE WHEN taker_side = 'sell' THEN taker_fee_rate ELSE maker_fee_rate END
+            OR quantity <= 0 OR price <= 0
+        """
+    )
+    return [
+        f"trade {tid}: {qty} @ {price} = {quote} (exact {price * qty}), fees buyer {bfee} seller {sfee}, "
+        f"taker {side}, rates maker {mrate} taker {trate}"
+        for tid, price, qty, quote, bfee, sfee, side, mrate, trate in rows
+    ]
+
+
+def captures_within_holds() -> list[str]:
+    """No order spends more than it held: a buy's filled quote, a sell's filled quantity."""
+    rows = _rows(
+        """
+        SELECT id, side, hold_amount, filled_quote, filled_quantity FROM orders_order
+         WHERE (side = 'buy' AND filled_quote > hold_amount) OR (side = 'sell' AND filled_quantity > hold_amount)
+        """
+    )
+    return [f"order {oid} ({side}) holds {hold}, filled quote {fq}, quantity {fqty}" for oid, side, hold, fq, fqty in rows]
+
+
+def holds_match_orders() -> list[str]:
+    """Quiescent only, per order (finer than `holds_match_open_orders`): the wallet hold
+    `order:<id>` is what the order reserved; a live order still holds exactly what its
+    fills did not capture; an ended order holds nothing (no stuck hold); and no hold of
+    an order that was never created keeps funds."""
+    rows = _rows(
+        """
+        SELECT o.id, o.status, o.side, o.hold_amount, o.filled_quote, o.filled_quantity,
+               h.amount, h.captured, h.released
+          FROM orders_order o LEFT JOIN wallet_hold h ON h.key = 'order:' || o.id
+        """
+    )
+    live = set(Order.LIVE_STATUSES)
+    problems = []
+    for oid, status, side, hold_amount, filled_quote, filled_qty, amount, captured, released in rows:
+        spent = filled_quote if side == "buy" else filled_qty
+        if amount is None:
+            if hold_amount:
+                problems.append(f"order {oid}: holds {hold_amount} but the wallet has no hold order:{oid}")
+            continue
+        remaining = amount - captured - released
+        if amount != hold_amount:
+            problems.append(f"order {oid}: order says hold {hold_amount}, wallet hold is {amount}")
+        if captured != spent:
+            problems.append(f"order {oid} ({status}): fills spent {spent}, the wallet captured {captured}")
+        if status in live:
+            if remaining != hold_amount - spent:
+                problems.append(f"order {oid} ({status}): wallet hold has {remaining} left, the order needs {hold_amount - spent}")
+        elif remaining != 0:
+            problems.append(f"order {oid} ({status}): stuck hold, {remaining} still held")
+    orphans = _rows(
+        """
+        SELECT h.key, h.amount - h.captured - h.released FROM wallet_hold h
+         WHERE h.key LIKE 'order:%%' AND h.amount - h.captured - h.released <> 0
+           AND NOT EXISTS (SELECT 1 FROM orders_order o WHERE 'order:' || o.id = h.key)
+        """
+    )
+    problems += [f"hold {key} of no order still holds {left}" for key, left in orphans]
+    return problems
+
+
+def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10, settled: bool | None = None) -> Report:
+    """All invariants. `quiescent`: nothing in flight, so the engine's book and the wallet
+    must agree with the DB too. `settled` (default: same as `quiescent`): the outbox was
+    drained, so holds must match orders; pass False for a quiescent engine whose
+    settlements are not carried out (no worker)."""
+    settled = quiescent if settled is None else settled
     report = Report()
     report.add("no_order_left_pending", no_order_left_pending(older_than_seconds=pending_grace_seconds))
     report.add("no_duplicate_trade", no_duplicate_trade())
+    report.add("no_replayed_trade", no_replayed_trade())
     report.add("fills_match_trades", fills_match_trades())
+    report.add("statuses_match_fills", statuses_match_fills())
+    report.add("trades_exact", trades_exact())
+    report.add("captures_within_holds", captures_within_holds())
     report.add("no_self_trade", no_self_trade())
     report.add("no_negative_balance", no_negative_balance())
     report.add("funds_conserved", funds_conserved())
     if quiescent:
+        report.add("books_consistent", books_consistent())
+    if settled:
         report.add("outbox_drained", outbox_drained())
         report.add("holds_match_open_orders", holds_match_open_orders())
-        report.add("books_consistent", books_consistent())
+        report.add("holds_match_orders", holds_match_orders())
     return report

@@ -1,0 +1,145 @@
+"""Engine crash loop: `kill -9` of the matching engine under load, over and over.
+
+Traders place and cancel crossing orders through the real API (gunicorn) while the
+engine is killed at random instants and made to die at each named crash point
+(`EXCHANGE_CRASH_POINTS` in its environment). After every death a new engine takes
+over; at the end the system settles and every answer a client got is checked
+against the database, with all the invariants.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections import Counter
+
+import pytest
+
+from tests.reliability import harness
+from tests.reliability.harness import Journal, Load, scale
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CRASH_POINTS = (
+    "engine.mid_batch",
+    "engine.after_commit_before_reply",
+    "engine.after_reply_before_ack",
+    "engine.between_commit_and_enqueue",
+)
+
+
+def _dead_letters() -> int:
+    from exchange.infra import redis_client
+    from matching import feed
+
+    return redis_client().xlen(feed.dead_letter_key("BTC-USDT"))
+
+
+@pytest.mark.timeout(scale(300, 3600))
+def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, request):
+    rng = random.Random(seed)
+    settle = harness.settlement_available()
+    if settle:
+        request.getfixturevalue("worker")
+    # The plan: each named crash point several times, random external kills, a few cold restarts.
+    plan = [point for point in CRASH_POINTS for _ in range(scale(2, 15))]
+    plan += ["kill"] * scale(11, 130) + ["cold"] * scale(2, 10)
+    rng.shuffle(plan)
+
+    def arm(mode: str) -> dict | None:
+        return {mode: round(rng.uniform(0.05, 0.3), 3)} if mode in CRASH_POINTS else None
+
+    incarnation = engines.spawn(crash_points=arm(plan[0]))
+    engines.wait_live(incarnation)
+    journal = Journal()
+    load = Load(traders(4), journal, seed=seed, threads_per_trader=2).start()
+    verdict = harness.Verdict()
+    recoveries: dict[str, list[float]] = {"warm": [], "cold": []}
+    deaths: Counter = Counter()
+    unexpected: list[str] = []
+    try:
+        for n, mode in enumerate(plan):
+            if mode in CRASH_POINTS:
+                code = engines.wait_exit(incarnation, timeout=30)
+                if code is None:  # never reached under this load: kill it instead
+                    engines.kill(incarnation)
+                    deaths["kill (crash point not reached)"] += 1
+                else:
+                    hit = incarnation.crash_point_hit()
+                    if code != 137 or hit != mode:
+                        unexpected.append(f"engine {incarnation.pid} armed with {mode} exited {code} at {hit}:\n{incarnation.logs()[-3000:]}")
+                    deaths[hit or f"exit {code}"] += 1
+            else:
+                time.sleep(rng.uniform(0.05, 1.0))
+                if not engines.alive(incarnation):
+                    unexpected.append(f"engine {incarnation.pid} died on its own ({incarnation.exit_code}):\n{incarnation.logs()[-3000:]}")
+                engines.kill(incarnation)
+                deaths["kill -9"] += 1
+            died_at = incarnation.exited_at or time.monotonic()
+            next_mode = plan[n + 1] if n + 1 < len(plan) else "final"
+            cold = mode == "cold"
+            incarnation = engines.spawn(crash_points=arm(next_mode), cold=cold)
+            while True:
+                try:
+                    engines.wait_live(incarnation, timeout=60)
+                    break
+                except RuntimeError:
+                    # An armed engine may die at its crash point before its first heartbeat
+                    # (its first batch is the backlog): one more death; start another.
+                    if next_mode not in CRASH_POINTS or incarnation.crash_point_hit() != next_mode:
+                        raise
+                    deaths[next_mode] += 1
+                    incarnation = engines.spawn(crash_points=arm(next_mode))
+            recoveries["cold" if cold else "warm"].append(time.monotonic() - died_at)
+            if n % 5 == 4:
+                harness.check_invariants(quiescent=False, verdict=verdict, pending_grace_seconds=60)
+                harness.log(f"{n + 1}/{len(plan)} deaths, {len(journal.outcomes)} requests, recovery max {max(recoveries['warm']):.2f}s")
+    finally:
+        load.stop()
+    assert not load.errors, load.errors
+
+    # Settle: the last engine is unarmed; it applies whatever is still journaled, and
+    # the worker drains the outbox.
+    assert engines.alive() and not engines.current.crash_points
+    quiet_seconds = harness.wait_engine_quiet(timeout=60)
+    drain_seconds = harness.wait_outbox_drained(timeout=120) if settle else None
+
+    outcome_verdict = harness.check_outcomes(journal)
+    verdict.figures.update(outcome_verdict.figures)
+    for name, found in outcome_verdict.problems.items():
+        verdict.add(name, found)
+    harness.check_invariants(quiescent=True, settled=settle, verdict=verdict)
+    verdict.add("engine_died_unexpectedly", unexpected)
+    verdict.add("unexpected_server_errors", harness.unexpected_server_errors(web))
+
+    from orders.models import Trade
+
+    kills = sum(deaths.values())
+    warm = sorted(recoveries["warm"])
+    figures.update(
+        {
+            "kills (total)": kills,
+            "kills by kind": dict(deaths),
+            "crash points hit": {point: deaths[point] for point in CRASH_POINTS},
+            "recovery max, warm restart (s)": round(max(warm), 3),
+            "recovery p50, warm restart (s)": round(statistics.median(warm), 3),
+            "recovery max, cold start (s)": round(max(recoveries["cold"]), 3) if recoveries["cold"] else None,
+            "orders placed / accepted": f"{verdict.figures['placed']} / {verdict.figures['accepted']}",
+            "answered 202 / 503 / no answer": f"{verdict.figures['answered_202']} / {verdict.figures['answered_503']} / {verdict.figures['unanswered']}",
+            "answered 500 (known bugs)": f"{verdict.figures['answered_5xx']} ({harness.known_server_errors(web)} known tracebacks)",
+            "cancels": verdict.figures["cancels"],
+            "trades": Trade.objects.count(),
+            "engine dead letters": _dead_letters(),
+            "settle after load (s)": round(quiet_seconds, 2),
+            "outbox drain (s)": round(drain_seconds, 2) if drain_seconds is not None else "no worker",
+            "lost orders": verdict.count("lost_orders"),
+            "duplicate trades": verdict.count("invariant.no_duplicate_trade") + verdict.count("invariant.no_replayed_trade"),
+            "phantom orders": verdict.count("phantom_orders"),
+            "replies ahead of the DB": verdict.count("reply_ahead_of_db"),
+            "invariant violations": sum(len(v) for k, v in verdict.problems.items() if k.startswith("invariant.")),
+        }
+    )
+    assert kills >= scale(20, 200)
+    assert all(deaths[point] >= 1 for point in CRASH_POINTS), deaths
+    assert verdict.ok, verdict.describe()
