@@ -243,3 +243,25 @@ def test_ioc_limit_quote_limit(book):
     book.sell(100, 5, owner=2)
     taker, ev = book.buy(100, 5, tif=IOC, quote_limit=300)
     assert taker.filled == 3 and taker.reason == "funds_exhausted"
+
+
+def test_market_buy_by_quote_exactly_one_lot_left_when_book_runs_out(book):
+    book.sell(100, 2, owner=2)
+    taker, ev = book.market(BUY, quote_limit=300)
+    # 100 left is exactly one lot's worth at the last fill price: not a complete fill.
+    assert taker.status == EXPIRED and taker.reason == "ioc_remainder"
+
+
+def test_market_buy_by_quote_fok_boundaries(book):
+    book.sell(100, 2, owner=2)
+    t1, ev = book.market(BUY, quote_limit=300, tif=FOK)
+    assert t1.reason == "fok_not_filled" and kinds(ev) == ["expired"]
+    t2, ev = book.market(BUY, quote_limit=299, tif=FOK)
+    assert t2.status == FILLED and t2.filled == 2
+
+
+def test_limit_buy_rests_only_if_its_hold_covers_it(book):
+    t1, ev = book.buy(100, 3, quote_limit=299)
+    assert t1.status == EXPIRED and t1.reason == "funds_exhausted" and kinds(ev) == ["expired"]
+    t2, ev = book.buy(100, 3, quote_limit=300)
+    assert t2.status == OPEN

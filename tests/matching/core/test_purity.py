@@ -11,7 +11,12 @@ import matching.core
 CORE = Path(matching.core.__file__).parent
 FORBIDDEN = re.compile(r"^\s*(from|import)\s+(django|rest_framework|redis|celery|psycopg)\b", re.M)
 ALLOWED_TOP_LEVEL = {
-    "__future__", "collections", "dataclasses", "decimal", "sortedcontainers", "typing",
+    "__future__",
+    "collections",
+    "dataclasses",
+    "decimal",
+    "sortedcontainers",
+    "typing",
 }
 
 

@@ -38,8 +38,14 @@ def test_stop_waits_untriggered_without_last_price(book):
 
 @pytest.mark.parametrize(
     "side, stop, rejected",
-    [(BUY, 99, True), (BUY, 100, True), (BUY, 101, False), (SELL, 101, True),
-     (SELL, 100, True), (SELL, 99, False)],
+    [
+        (BUY, 99, True),
+        (BUY, 100, True),
+        (BUY, 101, False),
+        (SELL, 101, True),
+        (SELL, 100, True),
+        (SELL, 99, False),
+    ],
 )
 def test_stop_rejected_when_condition_already_holds(book, side, stop, rejected):
     _trade_at(book, 100)
