@@ -79,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=5, help="seconds of unmeasured load first")
     p.add_argument("--drain-timeout", type=float, default=90, help="most seconds to wait for the outbox to drain")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--profile", action="store_true", help="py-spy the web, wallet, engine and worker during the sustained phase")
+    p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"], default=None,
+                   help="py-spy the web, wallet, engine and worker during the sustained phase: "
+                   "cpu (samples holding the GIL, the default) or wall (waits included)")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of a private redis-server")
     p.add_argument("--keep-db", action="store_true", help="do not drop the bench database")
     p.add_argument("--log-dir", default=None, help="process logs (default var/bench/<time>-<pid>)")
@@ -289,7 +291,7 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
     else:
         profiler = None
         if args.profile:
-            profiler = Profiler(stack.log_dir / "profile")
+            profiler = Profiler(stack.log_dir / "profile", mode=args.profile)
             profiler.start({role: stack.procs[role].pid for role in ("web", "wallet", "engine", "worker")}, args.duration)
         log(f"sustained: {args.duration:.0f}s at {args.rate:.0f} placements/s offered ({args.rate / PLACE_SHARE:.0f} requests/s with cancels and reads)")
         since = timezone.now()
@@ -304,7 +306,7 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
             f"p99 {result['sustained']['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")  # fmt: skip
         if profiler is not None:
             files = profiler.finish()
-            result["profile"] = {role: top_functions(path) for role, path in files.items()}
+            result["profile"] = {role: top_functions(path, leaders=args.profile == "cpu") for role, path in files.items()}
             result["profile_dir"] = str(stack.log_dir / "profile")
         ok, waited, state = await asyncio.to_thread(wait_quiescent, args.drain_timeout)
         log(f"  drained in {waited:.1f}s" if ok else f"  not drained after {waited:.0f}s: {state}")
@@ -449,7 +451,7 @@ def print_table(args, result: dict, head: dict) -> None:
     if result.get("profile"):
         for role, prof in result["profile"].items():
             out.append("")
-            out.append(f"profile {role} ({prof['samples']} samples), self %:")
+            out.append(f"profile {role} ({args.profile}, {prof['samples']} samples), self %:")
             for name, pct in prof["self"][:12]:
                 out.append(f"  {pct:5.1f}%  {name}")
             out.append(f"profile {role}, inclusive % (project code):")

@@ -91,15 +91,21 @@ class _Conn(asyncio.Protocol):
             self.body_at = end + 4
         status, length, chunked, close = self.head
         if length is not None:
-            if len(buf) - self.body_at >= length:
-                self.reusable = not close
-                waiter.set_result((status, bytes(buf[self.body_at : self.body_at + length])))
+            if len(buf) - self.body_at < length:
+                return
+            body = bytes(buf[self.body_at : self.body_at + length])
         elif chunked:
             body = _dechunk(buf, self.body_at)
-            if body is not None:
-                self.reusable = not close
-                waiter.set_result((status, body))
-        # else: the body ends when the server closes (connection_lost)
+            if body is None:
+                return
+        else:
+            return  # the body ends when the server closes (connection_lost)
+        self.reusable = not close
+        if close:
+            # Now, not when the awaiting task next runs: gunicorn's sync worker lingers
+            # (up to 2 s) for our FIN before it takes the next request.
+            self.transport.close()
+        waiter.set_result((status, body))
 
     def connection_lost(self, exc) -> None:
         self.reusable = False

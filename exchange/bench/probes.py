@@ -8,8 +8,8 @@ work on the box) shows too.
 
 `Profiler` runs `py-spy record --format raw` on chosen processes (with
 `--subprocesses`: gunicorn's and celery's workers) and `top_functions` turns
-the collapsed stacks into the functions that cost the most CPU (py-spy samples
-only running threads unless told otherwise, so idle waits do not count).
+the collapsed stacks into the functions that cost the most: CPU (`--gil`:
+samples of the thread holding the GIL) or wall time (`--idle`: waits included).
 """
 
 from __future__ import annotations
@@ -89,35 +89,40 @@ class CpuMeter:
     def __init__(self, groups: dict[str, int], database_name: str) -> None:
         self.groups = groups  # role -> session id (the pid of the process we started)
         self.database_marker = f" {database_name} ".encode()
-        self._start: dict[str, float] = {}
+        self._start: dict[int, tuple[str, float]] = {}
         self._machine_start = (0.0, 0.0)
 
-    def sample(self) -> dict[str, float]:
-        by_role: Counter = Counter()
+    def sample(self) -> dict[int, tuple[str, float]]:
+        """pid -> (role, cpu seconds) for every process we account for."""
+        out = {}
         role_of = {sid: role for role, sid in self.groups.items()}
         for pid, (sid, cpu) in _all_stats().items():
             role = role_of.get(sid)
+            if role is None and self.database_marker in _cmdline(pid).replace(b"\0", b" ") + b" ":
+                role = "postgres"
             if role is not None:
-                by_role[role] += cpu
-            elif self.database_marker in _cmdline(pid).replace(b"\0", b" ") + b" ":
-                by_role["postgres"] += cpu
-        by_role["loadgen"] += _proc_cpu(os.getpid())
-        return dict(by_role)
+                out[pid] = (role, cpu)
+        out[os.getpid()] = ("loadgen", _proc_cpu(os.getpid()))
+        return out
 
     def start(self) -> None:
         self._start = self.sample()
         self._machine_start = machine_busy_seconds()
 
     def stop(self) -> dict:
+        """CPU per role since `start()` (per process: a process that started meanwhile
+        counts whole; one that ended meanwhile is lost, e.g. a recycled DB backend)."""
         end = self.sample()
         busy, total = machine_busy_seconds()
-        ours = {role: max(0.0, end.get(role, 0.0) - self._start.get(role, 0.0)) for role in set(end) | set(self._start)}
+        ours: Counter = Counter()
+        for pid, (role, cpu) in end.items():
+            before = self._start.get(pid)
+            ours[role] += cpu - (before[1] if before and before[0] == role else 0.0)
         machine_busy = busy - self._machine_start[0]
-        wall_cpu = total - self._machine_start[1]
         return {
-            "by_role_seconds": ours,
+            "by_role_seconds": dict(ours),
             "machine_busy_seconds": machine_busy,
-            "machine_seconds": wall_cpu,
+            "machine_seconds": total - self._machine_start[1],
             "others_seconds": max(0.0, machine_busy - sum(ours.values())),
         }
 
@@ -125,9 +130,13 @@ class CpuMeter:
 class Profiler:
     """py-spy on a few processes for `duration` seconds (their samples in raw collapsed form)."""
 
-    def __init__(self, out_dir: Path, rate: int = 97) -> None:
+    def __init__(self, out_dir: Path, rate: int = 97, mode: str = "cpu") -> None:
         self.out_dir = out_dir
         self.rate = rate
+        # cpu: samples of threads holding the GIL (running Python; a thread woken from
+        # I/O but still waiting for a CPU does not count, which matters on a busy box);
+        # wall: every sample, idle ones included (where a request's time goes).
+        self.mode = mode
         self.runs: list[tuple[str, subprocess.Popen, Path]] = []
 
     @staticmethod
@@ -143,7 +152,8 @@ class Profiler:
         for role, pid in targets.items():
             out = self.out_dir / f"{role}.txt"
             argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--output", str(out),
-                    "--rate", str(self.rate), "--duration", str(int(duration)), "--nonblocking"]  # fmt: skip
+                    "--rate", str(self.rate), "--duration", str(int(duration)), "--nonblocking",
+                    "--gil" if self.mode == "cpu" else "--idle"]  # fmt: skip
             log = open(self.out_dir / f"{role}.py-spy.log", "wb")  # noqa: SIM115 - closed with the process
             self.runs.append((role, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), out))
 
@@ -177,27 +187,33 @@ def _frame_name(frame: str) -> str:
     return f"{path}:{name}"
 
 
-def top_functions(raw_path: Path, *, limit: int = 25, worker_only: bool = True) -> dict:
+def top_functions(raw_path: Path, *, limit: int = 25, leaders: bool = True) -> dict:
     """Self and inclusive shares of the samples per function, from a py-spy raw file.
 
-    With `worker_only`, stacks of a process group's leader (gunicorn/celery master)
-    are left out when its workers are present.
+    With `leaders=False`, the stacks of a process group's leader (the gunicorn
+    arbiter, the celery consumer) are left out when its children are sampled
+    (a wall-time profile would otherwise be mostly the leader sleeping).
     """
-    self_counts: Counter = Counter()
-    incl_counts: Counter = Counter()
-    total = 0
+    lines = []
+    deepest = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if worker_only and frames and frames[0].startswith("process ") and "arbiter" in stack and "worker" not in stack:
+        depth = sum(1 for f in frames if f.startswith("process "))
+        deepest = max(deepest, depth)
+        lines.append((frames, depth, int(count)))
+    self_counts: Counter = Counter()
+    incl_counts: Counter = Counter()
+    total = 0
+    for frames, depth, n in lines:
+        if not leaders and depth < deepest:
             continue
-        n = int(count)
-        total += n
         names = [_frame_name(f) for f in frames if not f.startswith(("process ", "thread "))]
         if not names:
             continue
+        total += n
         self_counts[names[-1]] += n
         for name in set(names):
             incl_counts[name] += n
