@@ -51,6 +51,21 @@ def settlement_broker():
     _set_broker(url)
     yield url
     _set_broker(previous)
+    _drop_test_queues(url)
+
+
+def _drop_test_queues(url: str) -> None:
+    """Delete what this session's per-test queues left in the broker database."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for pattern in ("settlement-test-*", "_kombu.binding.settlement-test-*"):
+            keys = list(client.scan_iter(match=pattern, count=500))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(autouse=True)
@@ -201,5 +216,72 @@ def scenario(wallet_server):
         made = bench.scenario_setup(pairs=pairs, quantity_per_pair=Decimal("0.05"), **kwargs)
         bench.trades_commit(made, bench.scenario_plan(made, trades=trades, seed=seed))
         return made
+
+    return make
+
+
+@pytest.fixture
+def db_trade(db, make_user):
+    """db_trade(status="failed", error_code="wallet_unavailable", market=None, buyer=None, seller=None,
+    age=timedelta(0)) -> a Settlement (with its trade and both orders) in the DB only (no wallet)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketdata.models import Market
+    from orders.models import Order, Trade
+    from settlement.models import Settlement
+
+    counter = itertools.count(1)
+
+    def make(
+        *,
+        status="failed",
+        error_code="",
+        market=None,
+        buyer=None,
+        seller=None,
+        age=timedelta(0),
+        attempts=None,
+    ):
+        market = market or Market.objects.get_or_create(
+            symbol="BTC-USDT",
+            defaults=dict(base_asset="BTC", quote_asset="USDT", tick_size=Decimal("0.01"), lot_size=Decimal("0.00001"),
+                          maker_fee=Decimal("0.001"), taker_fee=Decimal("0.002")),
+        )[0]  # fmt: skip
+        market.refresh_from_db()  # Decimals, whatever the caller created it with
+        buyer, seller = buyer or make_user(), seller or make_user()
+        price, qty = Decimal("30000.00"), Decimal("0.01000")
+        common = dict(
+            market=market,
+            type="limit",
+            time_in_force="gtc",
+            price=price,
+            quantity=qty,
+            status="filled",
+        )
+        buy = Order.objects.create(
+            user=buyer, side="buy", hold_asset=market.quote_asset, hold_amount=price * qty, **common
+        )
+        sell = Order.objects.create(
+            user=seller, side="sell", hold_asset=market.base_asset, hold_amount=qty, **common
+        )
+        created = timezone.now() - age
+        trade = Trade.objects.create(
+            market=market, sequence=next(counter), price=price, quantity=qty, quote_quantity=price * qty,
+            taker_side="buy", maker_order=sell, taker_order=buy, taker_step=0, buyer=buyer, seller=seller,
+            buyer_fee=qty * market.taker_fee, seller_fee=price * qty * market.maker_fee,
+            maker_fee_rate=market.maker_fee, taker_fee_rate=market.taker_fee, created_at=created,
+        )  # fmt: skip
+        error = f"{error_code}: test" if error_code else ""
+        return Settlement.objects.create(
+            trade=trade,
+            status=status,
+            attempts=attempts if attempts is not None else (5 if status == "failed" else 0),
+            next_attempt_at=created if status == "pending" else None,
+            last_error=error,
+            last_error_code=error_code,
+            created_at=created,
+        )
 
     return make
