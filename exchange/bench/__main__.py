@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"], default=None,
                    help="py-spy the web, wallet, engine and worker during the sustained phase: "
                    "cpu (samples holding the GIL, the default) or wall (waits included)")
+    p.add_argument("--settings", default="exchange.settings",
+                   help="settings module of every process (experiments; the bare endpoint adds its URL to it)")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of a private redis-server")
     p.add_argument("--keep-db", action="store_true", help="do not drop the bench database")
     p.add_argument("--log-dir", default=None, help="process logs (default var/bench/<time>-<pid>)")
@@ -477,7 +479,8 @@ def main(argv=None) -> int:
     result: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items()}}
     jwt_seconds = int(max(3600, 2 * (args.duration + args.warmup + args.capacity_seconds) + 900 + (3600 if args.step else 0)))
     status = 2
-    with Stack(log_dir=log_dir, web_workers=args.web_workers, redis_url=args.redis_url, keep_database=args.keep_db, jwt_seconds=jwt_seconds) as stack:
+    with Stack(log_dir=log_dir, web_workers=args.web_workers, redis_url=args.redis_url, keep_database=args.keep_db, jwt_seconds=jwt_seconds,
+               settings_module=args.settings) as stack:
         try:
             log(f"stack (logs in {log_dir}):")
             stack.prepare(log=log)

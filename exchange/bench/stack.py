@@ -279,6 +279,7 @@ class Stack:
     redis_url: str | None = None
     keep_database: bool = False
     jwt_seconds: int = 3600
+    settings_module: str = "exchange.settings"
     procs: dict[str, Proc] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     web_url: str = ""
@@ -312,7 +313,8 @@ class Stack:
         for name in ("EXCHANGE_ROLE", "ACCESS_LOG", "ROOT_URLCONF"):
             os.environ.pop(name, None)
         self.env = {
-            "DJANGO_SETTINGS_MODULE": "exchange.settings",
+            "DJANGO_SETTINGS_MODULE": self.settings_module,
+            "BENCH_BASE_SETTINGS": self.settings_module,
             "DEBUG": "false",
             "SECRET_KEY": secrets.token_urlsafe(48),
             "WALLET_TOKEN": secrets.token_urlsafe(32),
