@@ -122,7 +122,7 @@ def worker(project_processes, stack_env):
     """A Celery worker carrying out settlements and hold releases, when settlement exists."""
     if not harness.settlement_available():
         pytest.skip("settlement services not built yet")
-    return harness.start_worker(project_processes, env=stack_env)
+    return harness.start_worker(project_processes, env=harness.worker_env(stack_env))
 
 
 @pytest.fixture
