@@ -249,6 +249,49 @@ def holds_match_orders() -> list[str]:
     return problems
 
 
+def balances_match_trades() -> list[str]:
+    """Settled only, per wallet account: its total (available + held) is exactly what came in
+    from outside (deposits, withdrawals, staff adjustments) plus the effect of every
+    *settled* trade (the buyer gets quantity − fee and pays quote; the seller gets quote −
+    fee and pays quantity; the fee account gets both fees). Money moved twice, or moved
+    for a trade not marked settled, or not moved for one that is, shows here."""
+    from django.conf import settings
+
+    rows = _rows(
+        """
+        WITH outside AS (
+            SELECT a.owner, a.asset, e.amount
+              FROM wallet_entry e
+              JOIN wallet_operation o ON o.id = e.operation_id
+              JOIN wallet_account a ON a.id = e.account_id
+             WHERE o.kind IN ('deposit', 'withdrawal', 'adjustment')
+        ), settled AS (
+            SELECT t.buyer_id, t.seller_id, t.quantity, t.quote_quantity, t.buyer_fee, t.seller_fee,
+                   m.base_asset, m.quote_asset
+              FROM orders_trade t
+              JOIN settlement_settlement s ON s.trade_id = t.id AND s.status = 'settled'
+              JOIN marketdata_market m ON m.id = t.market_id
+        ), moves AS (
+            SELECT owner, asset, amount FROM outside
+            UNION ALL SELECT 'user:' || buyer_id, base_asset, quantity - buyer_fee FROM settled
+            UNION ALL SELECT 'user:' || buyer_id, quote_asset, -quote_quantity FROM settled
+            UNION ALL SELECT 'user:' || seller_id, base_asset, -quantity FROM settled
+            UNION ALL SELECT 'user:' || seller_id, quote_asset, quote_quantity - seller_fee FROM settled
+            UNION ALL SELECT %s, base_asset, buyer_fee FROM settled
+            UNION ALL SELECT %s, quote_asset, seller_fee FROM settled
+        ), expected AS (
+            SELECT owner, asset, sum(amount) AS amount FROM moves GROUP BY owner, asset
+        )
+        SELECT coalesce(a.owner, x.owner), coalesce(a.asset, x.asset),
+               coalesce(a.available + a.held, 0), coalesce(x.amount, 0)
+          FROM wallet_account a FULL JOIN expected x ON x.owner = a.owner AND x.asset = a.asset
+         WHERE coalesce(a.available + a.held, 0) <> coalesce(x.amount, 0)
+        """,
+        [settings.FEE_ACCOUNT, settings.FEE_ACCOUNT],
+    )
+    return [f"{owner} {asset}: has {has}, deposits and settled trades say {expected}" for owner, asset, has, expected in rows]
+
+
 def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10, settled: bool | None = None) -> Report:
     """All invariants. `quiescent`: nothing in flight, so the engine's book and the wallet
     must agree with the DB too. `settled` (default: same as `quiescent`): the outbox was
@@ -272,4 +315,5 @@ def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10, set
         report.add("outbox_drained", outbox_drained())
         report.add("holds_match_open_orders", holds_match_open_orders())
         report.add("holds_match_orders", holds_match_orders())
+        report.add("balances_match_trades", balances_match_trades())
     return report

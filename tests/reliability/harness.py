@@ -305,6 +305,125 @@ def _pings(client) -> bool:
         return False
 
 
+# --- a faulty wallet, for the settlement worker ----------------------------------------------
+
+
+class FaultyWallet:
+    """An HTTP proxy in front of the real wallet that the settlement worker talks to.
+
+    Each money-moving call (`POST /v1/operations`) meets a fault drawn from `weights`:
+    `pass`; `503` (not forwarded); `drop` (connection closed, not forwarded);
+    `slow` (forwarded late, still within the client's timeout); `apply_then_drop`
+    (forwarded and applied, then the connection is closed unanswered) and
+    `apply_then_slow` (applied, answered after the client gave up): the two "timeouts
+    after applying". Operations whose key `poison(key)` names are never forwarded and
+    come back `rejected` (a permanent refusal: expected dead letters). `on_operations`,
+    if set, runs first (the loop uses it to kill the worker mid-call). Other calls pass.
+    """
+
+    WEIGHTS = {"pass": 0.4, "503": 0.2, "drop": 0.1, "slow": 0.1, "apply_then_drop": 0.1, "apply_then_slow": 0.1}
+
+    def __init__(self, upstream: str, *, seed: int, client_timeout: float, weights: dict | None = None, poison=None):
+        import http.server
+
+        self.upstream = upstream.rstrip("/")
+        self.rng = random.Random(seed)
+        self.weights = dict(weights or self.WEIGHTS)
+        self.client_timeout = client_timeout
+        self.poison = poison or (lambda key: False)
+        self.faulty = True
+        self.on_operations = None
+        self.counts: Counter = Counter()  # faults drawn while `faulty`
+        self.calls_after_faults = 0
+        self.results: Counter = Counter()  # upstream statuses: applied, duplicate, rejected
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, body: bytes | None):
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                return proxy._session.request(self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=30)
+
+            def _answer(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if not (self.command == "POST" and self.path.startswith("/v1/operations")):
+                    upstream = self._forward(body)
+                    self._answer(upstream.status_code, upstream.content, upstream.headers.get("Content-Type", "application/json"))
+                    return
+                hook = proxy.on_operations
+                if hook is not None:
+                    hook()
+                mode = proxy._draw()
+                if mode == "503":
+                    self._answer(503, b'{"error": {"code": "unavailable", "message": "chaos"}}')
+                    return
+                if mode == "drop":
+                    self.close_connection = True
+                    return
+                if mode == "slow":
+                    time.sleep(proxy.rng.uniform(0.1, max(0.1, proxy.client_timeout * 0.6)))
+                operations = json.loads(body)["operations"]
+                poisoned = [op for op in operations if proxy.poison(op["key"])]
+                rest = [op for op in operations if not proxy.poison(op["key"])]
+                payload = {"results": []}
+                if rest:
+                    upstream = self._forward(json.dumps({"operations": rest}).encode())
+                    if upstream.status_code != 200:
+                        self._answer(upstream.status_code, upstream.content)
+                        return
+                    payload = upstream.json()
+                for result in payload.get("results", []):
+                    with proxy._lock:
+                        proxy.results[result.get("status")] += 1
+                payload["results"] = payload.get("results", []) + [
+                    {"key": op["key"], "status": "rejected", "code": "chaos_poisoned", "message": "refused by the chaos proxy"}
+                    for op in poisoned
+                ]
+                if mode == "apply_then_drop":
+                    self.close_connection = True
+                    return
+                if mode == "apply_then_slow":
+                    time.sleep(proxy.client_timeout + 0.5)
+                try:
+                    self._answer(200, json.dumps(payload).encode())
+                except OSError:
+                    pass  # the client gave up (apply_then_slow): that is the point
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _draw(self) -> str:
+        with self._lock:
+            if not self.faulty:
+                self.calls_after_faults += 1
+                return "pass"
+            mode = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
+            self.counts[mode] += 1
+            return mode
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # --- web process and traders -------------------------------------------------------------
 
 
