@@ -24,7 +24,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
-REQUEST_TIMEOUT = 35.0  # above gunicorn's 30 s worker timeout
+REQUEST_TIMEOUT = 10.0  # what a trading client would wait
 
 
 class HttpError(Exception):
@@ -137,9 +137,10 @@ def _dechunk(buf: bytearray, at: int) -> bytes | None:
 class HttpClient:
     """Requests to one host:port; idle kept-alive connections are reused."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float = REQUEST_TIMEOUT) -> None:
         self.host = host
         self.port = port
+        self.timeout = timeout
         self.idle: list[_Conn] = []
 
     def request_prefix(self, method: str, path: str, headers: str = "") -> str:
@@ -153,8 +154,9 @@ class HttpClient:
         prefix = self.request_prefix(method, path, headers)
         return (prefix + f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
 
-    async def request(self, raw: bytes, timeout: float = REQUEST_TIMEOUT) -> tuple[int, bytes]:
+    async def request(self, raw: bytes, timeout: float | None = None) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
+        timeout = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
             reused = bool(self.idle)
             if reused:
@@ -167,11 +169,15 @@ class HttpClient:
                 conn.send(raw, waiter)
                 status, body = await waiter
             except (ConnectionError, asyncio.CancelledError) as exc:
-                conn.transport.close()
                 if isinstance(exc, asyncio.CancelledError) and not waiter.cancelled():
+                    conn.transport.close()
                     raise
                 if waiter.cancelled():
+                    # The request may still run: a sync server reads what was sent even
+                    # from a connection its client has closed.
+                    conn.transport.abort()
                     raise TimeoutError(f"no answer in {timeout:.0f}s") from None
+                conn.transport.close()
                 if reused and not conn.got_bytes and attempt == 0:
                     continue  # the server closed an idle connection: a fresh one
                 raise
@@ -278,7 +284,7 @@ class Op:
 class Driver:
     """Runs ops from a source against one client, open or closed loop, into a Recorder."""
 
-    def __init__(self, client: HttpClient, *, max_inflight: int = 1000) -> None:
+    def __init__(self, client: HttpClient, *, max_inflight: int = 256) -> None:
         self.client = client
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -331,8 +337,25 @@ class Driver:
                 task.add_done_callback(tasks.discard)
             await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
         if tasks:
-            await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 5)
+            await asyncio.wait(tasks, timeout=self.client.timeout + 5)
         rec.ended = max(rec.ended, end)
+
+    async def settle(self, raw: bytes, *, fast_ms: float = 30.0, timeout: float = 60.0) -> float:
+        """Until a cheap request answers fast three times in a row (the server's queue is
+        empty: nothing left from an overloaded phase); returns the seconds waited."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        streak = 0
+        while streak < 3 and loop.time() - started < timeout:
+            t = loop.time()
+            try:
+                await self.client.request(raw)
+            except (OSError, TimeoutError, HttpError):
+                streak = 0
+                continue
+            streak = streak + 1 if (loop.time() - t) * 1000 <= fast_ms else 0
+            await asyncio.sleep(0.05)
+        return loop.time() - started
 
     async def closed_loop(self, next_op, concurrency: int, duration: float, rec: Recorder) -> None:
         loop = asyncio.get_running_loop()
