@@ -481,6 +481,27 @@ class Trader:
         return self.request("DELETE", f"/api/v1/orders/{order_id}")
 
 
+def burst(calls: list) -> list:
+    """Run the callables at the same instant (one thread each, released by a barrier);
+    their results in order (an exception is returned as the result)."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(n: int, call) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[n] = call()
+        except BaseException as exc:  # noqa: BLE001 - reported as the result
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n, call), daemon=True) for n, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def fund(user, asset: str, amount) -> None:
     from settlement.clients.wallet import owner_for_user, wallet_client
 
