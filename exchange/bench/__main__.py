@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"], default=None,
                    help="py-spy the web, wallet, engine and worker during the sustained phase: "
                    "cpu (samples holding the GIL, the default) or wall (waits included)")
+    p.add_argument("--profile-phase", choices=["sustained", "capacity"], default="sustained",
+                   help="the phase --profile samples (capacity: placements only, at saturation)")
     p.add_argument("--settings", default="exchange.settings",
                    help="settings module of every process (experiments; the bare endpoint adds its URL to it)")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of a private redis-server")
@@ -338,29 +340,38 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
         web.close()
         return
 
-    profiler = None
-    if args.profile:
+    def start_profile(phase: str, seconds: float):
+        if not args.profile or args.profile_phase != phase:
+            return None
         profiler = Profiler(stack.log_dir / "profile", mode=args.profile)
-        profiler.start({role: stack.procs[role].pid for role in ("web", "wallet", "engine", "worker")}, args.duration)
+        profiler.start({role: stack.procs[role].pid for role in ("web", "wallet", "engine", "worker")}, seconds)
+        return profiler
+
+    def finish_profile(profiler) -> None:
+        if profiler is not None:
+            files = profiler.finish()
+            result["profile"] = {role: top_functions(path, leaders=args.profile == "cpu") for role, path in files.items()}
+            result["profile_dir"] = str(stack.log_dir / "profile")
+
     total_rate = args.rate / PLACE_SHARE
     log(f"sustained: {args.duration:.0f}s at {args.rate:.0f} placements/s offered ({total_rate:.0f} requests/s with cancels and reads)")
+    profiler = start_profile("sustained", args.duration)
     result["sustained"] = await phases.run(
         lambda rec: driver.open_loop(work.next_mixed, total_rate, args.duration, rec), offered=args.rate
     )
+    finish_profile(profiler)
     sustained = result["sustained"]
     log(f"  sustained: {sustained['orders_per_sec']:.0f} orders/s answered 2xx ({sustained['server_orders_per_sec']:.0f}/s created), "
         f"p99 {sustained['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")  # fmt: skip
-    if profiler is not None:
-        files = profiler.finish()
-        result["profile"] = {role: top_functions(path, leaders=args.profile == "cpu") for role, path in files.items()}
-        result["profile_dir"] = str(stack.log_dir / "profile")
 
     if args.capacity_seconds > 0:
         await settle("sustained")
         log(f"capacity: {args.capacity_seconds:.0f}s, {args.concurrency} clients placing back to back")
+        profiler = start_profile("capacity", args.capacity_seconds)
         result["capacity"] = await phases.run(
             lambda rec: driver.closed_loop(work.next_placement, args.concurrency, args.capacity_seconds, rec)
         )
+        finish_profile(profiler)
         capacity = result["capacity"]
         log(f"  capacity: {capacity['orders_per_sec']:.0f} orders/s, p99 {capacity['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")
     web.close()
