@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import redis
@@ -62,6 +63,7 @@ class Engine:
         self.stopping = False
         self._next_ownership = 0.0
         self._next_reconcile = 0.0
+        self._next_forced_reconcile = 0.0
         self._next_heartbeat = 0.0
         self.redis = redis_client()
 
@@ -103,9 +105,12 @@ class Engine:
             time.sleep(0.2)
             return
         commands = self._read_stream()
-        if now >= self._next_reconcile:
+        # Reconcile when the stream is idle (nothing lost can hide behind a backlog
+        # that is still being delivered), and now and then regardless.
+        if now >= self._next_reconcile and (not commands or now >= self._next_forced_reconcile):
             commands += self._reconcile()
             self._next_reconcile = now + self.reconcile_seconds
+            self._next_forced_reconcile = now + 30 * self.reconcile_seconds
         if commands:
             self._process(commands)
 
@@ -237,7 +242,9 @@ class Engine:
 
     def _reconcile(self) -> list[feed.Command]:
         """Commands present in the DB but never applied (whatever Redis lost)."""
-        found = services.reconcile_candidates(list(self.by_market_id), min_age_seconds=self.reconcile_seconds)
+        found = services.reconcile_candidates(
+            list(self.by_market_id), min_age_seconds=2 * self.reconcile_seconds, limit=self.batch_size
+        )
         commands = []
         for kind, market_id, order_id in found:
             market_book = self.by_market_id.get(market_id)
@@ -260,7 +267,6 @@ class Engine:
                 self._apply_place(market_book, row, batch)
             else:
                 self._apply_cancel(market_book, row, batch)
-            metrics.COMMANDS.labels(command.symbol, command.kind).inc()
         crash_point("engine.mid_batch")
         if batch.markets:
             started = time.perf_counter()
@@ -276,6 +282,7 @@ class Engine:
                 raise
             metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(commands))
+        _count_commands(commands)
         crash_point("engine.after_commit_before_reply")
         self._after_commit(commands, rows, batch)
 
@@ -333,16 +340,18 @@ class Engine:
             from settlement.services import outbox_dispatch
 
             outbox_dispatch(trade_ids=batch.trade_ids, released_order_ids=batch.released_order_ids)
-        for market_book, _trade in batch.trades:
-            metrics.TRADES.labels(market_book.symbol).inc()
+        trades_per_symbol = Counter(market_book.symbol for market_book, _trade in batch.trades)
+        for symbol, count in trades_per_symbol.items():
+            metrics.TRADES.labels(symbol).inc(count)
 
     def _replies(self, commands, rows, batch: Batch) -> list[tuple[str, str]]:
         """Each waiting request gets its order's committed state and the batch's fills of it."""
         fills: dict[int, list[dict]] = {}
+        created_at = batch.trade_rows[0].created_at.isoformat() if batch.trade_rows else None
         for row in batch.trade_rows:
-            public = _trade_reply(row)
-            fills.setdefault(row["maker_order_id"], []).append(public)
-            fills.setdefault(row["taker_order_id"], []).append(public)
+            public = _trade_reply(row, created_at)
+            fills.setdefault(row.maker_order_id, []).append(public)
+            fills.setdefault(row.taker_order_id, []).append(public)
         out = []
         updated_at = datetime.now(UTC).isoformat()
         for command in commands:
@@ -365,8 +374,8 @@ class Engine:
             if market_book.book.take_touched() or batch.trade_rows:
                 _queue_snapshot(pipe, market_book)
         for row in batch.trade_rows:
-            market_book = self.by_market_id[row["market_id"]]
-            pipe.publish(feed.events_channel(market_book.symbol), feed.dumps({"type": "trade", **_trade_reply(row)}))
+            market_book = self.by_market_id[row.market_id]
+            pipe.publish(feed.events_channel(market_book.symbol), feed.dumps({"type": "trade", **_trade_reply(row, row.created_at.isoformat())}))
 
     def _publish_snapshots(self, market_books) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -374,6 +383,11 @@ class Engine:
             market_book.book.take_touched()
             _queue_snapshot(pipe, market_book)
         pipe.execute()
+
+
+def _count_commands(commands) -> None:
+    for (symbol, kind), count in Counter((c.symbol, c.kind) for c in commands).items():
+        metrics.COMMANDS.labels(symbol, kind).inc(count)
 
 
 def _queue_snapshot(pipe, market_book: MarketBook) -> None:
@@ -392,30 +406,30 @@ def _queue_snapshot(pipe, market_book: MarketBook) -> None:
 
 
 def _order_reply(market_book: MarketBook, order: core.Order, updated_at: str) -> dict:
-    units = market_book.units
+    text = market_book.text
     return {
         "id": order.id,
         "status": order.status,
         "reject_reason": order.reason if order.status in (core.EXPIRED, core.REJECTED, core.CANCELLED) else None,
-        "filled_quantity": str(units.lots_to_qty(order.filled)),
-        "filled_quote": str(units.units_to_quote(order.filled_quote)),
-        "fee_total": str(units.base_fee(order.fee) if order.side == core.BUY else units.quote_fee(order.fee)),
+        "filled_quantity": text.qty(order.filled),
+        "filled_quote": text.quote(order.filled_quote),
+        "fee_total": text.base_fee(order.fee) if order.side == core.BUY else text.quote_fee(order.fee),
         "sequence": order.seq or None,
         "updated_at": updated_at,
     }
 
 
-def _trade_reply(row: dict) -> dict:
+def _trade_reply(row: services.TradeRow, created_at: str) -> dict:
     return {
-        "id": row["id"],
-        "sequence": row["sequence"],
-        "price": str(row["price"]),
-        "quantity": str(row["quantity"]),
-        "quote_quantity": str(row["quote_quantity"]),
-        "taker_side": row["taker_side"],
-        "maker_order_id": row["maker_order_id"],
-        "taker_order_id": row["taker_order_id"],
-        "buyer_fee": str(row["buyer_fee"]),
-        "seller_fee": str(row["seller_fee"]),
-        "created_at": row["created_at"].isoformat(),
+        "id": row.id,
+        "sequence": row.sequence,
+        "price": row.price,
+        "quantity": row.quantity,
+        "quote_quantity": row.quote_quantity,
+        "taker_side": row.taker_side,
+        "maker_order_id": row.maker_order_id,
+        "taker_order_id": row.taker_order_id,
+        "buyer_fee": row.buyer_fee,
+        "seller_fee": row.seller_fee,
+        "created_at": created_at,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.db import connection, transaction
 
@@ -32,7 +33,7 @@ class LeaseLost(Exception):
 
 @dataclass(slots=True)
 class OrderRow:
-    """What the engine needs of an order row."""
+    """What the engine needs of an order row; amounts already in the market's integer units."""
 
     id: int
     market_id: int
@@ -41,25 +42,65 @@ class OrderRow:
     type: str
     time_in_force: str
     post_only: bool
-    price: Decimal | None
-    stop_price: Decimal | None
-    quantity: Decimal | None
-    quote_quantity: Decimal | None
-    filled_quantity: Decimal
-    filled_quote: Decimal
+    price: int | None  # ticks
+    stop_price: int | None  # ticks
+    quantity: int | None  # lots
+    filled: int  # lots
+    filled_quote: int  # quote units
     fee_total: Decimal
     status: str
-    reject_reason: str | None
     sequence: int | None
     hold_amount: Decimal
+    hold_units: int  # the hold in whole quote units (what a buy may spend)
     cancel_requested: bool
 
 
-_ORDER_COLUMNS = (
-    "id, market_id, user_id, side, type, time_in_force, post_only, price, stop_price, quantity, "
-    "quote_quantity, filled_quantity, filled_quote, fee_total, status, reject_reason, sequence, "
-    "hold_amount, cancel_requested_at IS NOT NULL"
-)
+# PostgreSQL turns amounts into integer units (exact numeric division), so the
+# engine parses integers rather than building Decimals for every row.
+_ORDER_SELECT = """
+    SELECT o.id, o.market_id, o.user_id, o.side, o.type, o.time_in_force, o.post_only,
+           (o.price / m.tick_size)::bigint, (o.stop_price / m.tick_size)::bigint,
+           (o.quantity / m.lot_size)::bigint, (o.filled_quantity / m.lot_size)::bigint,
+           (o.filled_quote / (m.tick_size * m.lot_size))::bigint, o.fee_total, o.status, o.sequence,
+           o.hold_amount, floor(o.hold_amount / (m.tick_size * m.lot_size))::bigint,
+           o.cancel_requested_at IS NOT NULL
+      FROM orders_order o JOIN marketdata_market m ON m.id = o.market_id
+"""
+
+
+class TextUnits:
+    """Integer units -> fixed-point text by integer arithmetic (COPY rows, replies).
+
+    Same values as MarketUnits' Decimals, at the unit's own scale, without
+    building a Decimal per amount on the engine's hot path.
+    """
+
+    __slots__ = ("price", "qty", "quote", "base_fee", "quote_fee")
+
+    def __init__(self, units: MarketUnits):
+        tick_c, tick_e = _int_parts(units.tick_size.normalize())
+        lot_c, lot_e = _int_parts(units.lot_size.normalize())
+        fee_places = len(str(units.fee_scale)) - 1
+        self.price = _formatter(tick_c, tick_e)
+        self.qty = _formatter(lot_c, lot_e)
+        self.quote = _formatter(tick_c * lot_c, tick_e + lot_e)
+        self.base_fee = _formatter(lot_c, lot_e - fee_places)
+        self.quote_fee = _formatter(tick_c * lot_c, tick_e + lot_e - fee_places)
+
+
+def _formatter(coefficient: int, exponent: int):
+    if exponent >= 0:
+        multiplier = coefficient * 10**exponent
+        return lambda n: str(n * multiplier)
+    places = -exponent
+    scale = 10**places
+
+    def fmt(n: int) -> str:
+        value = n * coefficient
+        whole, frac = divmod(-value if value < 0 else value, scale)
+        return f"{'-' if value < 0 else ''}{whole}.{frac:0{places}d}"
+
+    return fmt
 
 
 @dataclass(slots=True)
@@ -75,6 +116,24 @@ class MarketBook:
     committed_seq: int
     # order id -> hold amount, for every order in the book (to size hold releases)
     holds: dict[int, Decimal] = field(default_factory=dict)
+    text: TextUnits | None = None
+    # SQL multipliers from integer units back to amounts
+    lot: Decimal = Decimal(0)
+    quote_unit: Decimal = Decimal(0)
+    base_fee_unit: Decimal = Decimal(0)
+    quote_fee_unit: Decimal = Decimal(0)
+    maker_fee_text: str = ""
+    taker_fee_text: str = ""
+
+    def __post_init__(self):
+        units = self.units
+        self.text = TextUnits(units)
+        self.lot = units.lot_size
+        self.quote_unit = units.tick_size * units.lot_size
+        self.base_fee_unit = units.lot_size / units.fee_scale
+        self.quote_fee_unit = self.quote_unit / units.fee_scale
+        self.maker_fee_text = str(units.maker_fee)
+        self.taker_fee_text = str(units.taker_fee)
 
 
 @dataclass(slots=True)
@@ -86,7 +145,7 @@ class Batch:
     markets: dict[int, MarketBook] = field(default_factory=dict)
     # filled after commit
     trade_ids: list[int] = field(default_factory=list)
-    trade_rows: list[dict] = field(default_factory=list)
+    trade_rows: list[TradeRow] = field(default_factory=list)
     released_order_ids: list[int] = field(default_factory=list)
 
 
@@ -125,28 +184,25 @@ def market_units(market: Market) -> MarketUnits:
 def core_order(row: OrderRow, units: MarketUnits) -> core.Order:
     """The core's integer form of an order row (state included, for rebuilds)."""
     side = SIDES[row.side]
-    quote_unit = units.tick_size * units.lot_size
-    quote_limit = None
-    if side == core.BUY:
-        # A buy never spends more than its hold; the hold is in quote.
-        quote_limit = _floor_units(row.hold_amount, quote_unit)
     order = core.Order(
         row.id,
         row.user_id,
         side,
         KINDS[row.type],
         TIFS[row.time_in_force],
-        price=units.price_to_ticks(row.price) if row.price is not None else None,
-        quantity=units.qty_to_lots(row.quantity) if row.quantity is not None else None,
-        stop_price=units.price_to_ticks(row.stop_price) if row.stop_price is not None else None,
-        quote_limit=quote_limit,
+        price=row.price,
+        quantity=row.quantity,
+        stop_price=row.stop_price,
+        # A buy never spends more than its hold; the hold is in quote.
+        quote_limit=row.hold_units if side == core.BUY else None,
         post_only=row.post_only,
     )
     if row.status != Order.Status.PENDING:
-        order.filled = units.qty_to_lots(row.filled_quantity)
-        order.filled_quote = _exact_units(row.filled_quote, quote_unit)
-        fee_unit = (units.lot_size if side == core.BUY else quote_unit) / units.fee_scale
-        order.fee = _exact_units(row.fee_total, fee_unit) if row.fee_total else 0
+        order.filled = row.filled
+        order.filled_quote = row.filled_quote
+        if row.fee_total:
+            fee_unit = units.lot_size if side == core.BUY else units.tick_size * units.lot_size
+            order.fee = _exact_units(row.fee_total * units.fee_scale, fee_unit)
         order.remaining = (order.quantity - order.filled) if order.quantity is not None else 0
         order.seq = row.sequence or 0
         order.status = row.status
@@ -157,7 +213,7 @@ def orders_fetch(order_ids) -> dict[int, OrderRow]:
     if not order_ids:
         return {}
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_ORDER_COLUMNS} FROM orders_order WHERE id = ANY(%s)", [list(order_ids)])
+        cursor.execute(_ORDER_SELECT + " WHERE o.id = ANY(%s)", [list(order_ids)])
         return {row[0]: OrderRow(*row) for row in cursor.fetchall()}
 
 
@@ -166,7 +222,7 @@ def book_rebuild(market: Market) -> MarketBook:
     units = market_units(market)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {_ORDER_COLUMNS} FROM orders_order WHERE market_id = %s AND status = ANY(%s) ORDER BY sequence",
+            _ORDER_SELECT + " WHERE o.market_id = %s AND o.status = ANY(%s) ORDER BY o.sequence",
             [market.id, list(Order.RESTING_STATUSES)],
         )
         rows = [OrderRow(*row) for row in cursor.fetchall()]
@@ -190,7 +246,7 @@ def book_rebuild(market: Market) -> MarketBook:
     )
 
 
-def reconcile_candidates(market_ids: list[int], *, min_age_seconds: float) -> list[tuple[str, int, int]]:
+def reconcile_candidates(market_ids: list[int], *, min_age_seconds: float, limit: int) -> list[tuple[str, int, int]]:
     """Commands the DB holds but the engine may never have heard of (Redis lost them).
 
     Returns (kind, market_id, order_id): pending orders to place, recorded cancels to apply.
@@ -207,9 +263,9 @@ def reconcile_candidates(market_ids: list[int], *, min_age_seconds: float) -> li
             SELECT 'cancel', market_id, id FROM orders_order
              WHERE market_id = ANY(%s) AND cancel_requested_at IS NOT NULL
                AND status = ANY(%s) AND cancel_requested_at < now() - make_interval(secs => %s)
-            ORDER BY 3
+            ORDER BY 3 LIMIT %s
             """,
-            [market_ids, min_age_seconds, market_ids, list(Order.LIVE_STATUSES), min_age_seconds],
+            [market_ids, min_age_seconds, market_ids, list(Order.LIVE_STATUSES), min_age_seconds, limit],
         )
         return cursor.fetchall()
 
@@ -245,30 +301,35 @@ def _allocate_trade_ids(cursor, count: int) -> list[int]:
 
 
 def _update_orders(cursor, batch: Batch, now: datetime) -> None:
-    ids, statuses, reasons, filled, filled_quote, fees, seqs = [], [], [], [], [], [], []
+    """Absolute state of every touched order, as integer units scaled in SQL (one statement per market)."""
+    per_market: dict[int, tuple[MarketBook, list]] = {}
     for order_id, (market_book, order) in batch.touched.items():
-        units = market_book.units
-        ids.append(order_id)
-        statuses.append(order.status)
-        reasons.append(order.reason if order.status in (core.EXPIRED, core.REJECTED, core.CANCELLED) else None)
-        filled.append(units.lots_to_qty(order.filled))
-        filled_quote.append(units.units_to_quote(order.filled_quote))
-        fees.append(units.base_fee(order.fee) if order.side == core.BUY else units.quote_fee(order.fee))
-        seqs.append(order.seq or None)
-    if not ids:
-        return
-    cursor.execute(
-        """
-        UPDATE orders_order AS o
-           SET status = v.status, reject_reason = v.reason, filled_quantity = v.filled,
-               filled_quote = v.filled_quote, fee_total = v.fee,
-               sequence = COALESCE(v.seq, o.sequence), updated_at = %s
-          FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::numeric[], %s::numeric[],
-                      %s::numeric[], %s::bigint[]) AS v(id, status, reason, filled, filled_quote, fee, seq)
-         WHERE o.id = v.id
-        """,
-        [now, ids, statuses, reasons, filled, filled_quote, fees, seqs],
-    )
+        columns = per_market.setdefault(market_book.market_id, (market_book, [[], [], [], [], [], [], []]))[1]
+        status = order.status
+        columns[0].append(order_id)
+        columns[1].append(status)
+        columns[2].append(order.reason if status in _REASONED else None)
+        columns[3].append(order.filled)
+        columns[4].append(order.filled_quote)
+        columns[5].append(order.fee)
+        columns[6].append(order.seq or None)
+    for market_book, columns in per_market.values():
+        cursor.execute(
+            """
+            UPDATE orders_order AS o
+               SET status = v.status, reject_reason = v.reason, filled_quantity = v.filled * %s,
+                   filled_quote = v.filled_quote * %s,
+                   fee_total = v.fee * CASE WHEN o.side = 'buy' THEN %s ELSE %s END,
+                   sequence = COALESCE(v.seq, o.sequence), updated_at = %s
+              FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+                          %s::bigint[]) AS v(id, status, reason, filled, filled_quote, fee, seq)
+             WHERE o.id = v.id
+            """,
+            [market_book.lot, market_book.quote_unit, market_book.base_fee_unit, market_book.quote_fee_unit, now, *columns],
+        )
+
+
+_REASONED = frozenset((core.EXPIRED, core.REJECTED, core.CANCELLED))
 
 
 def _advance_markets(cursor, batch: Batch) -> None:
@@ -281,6 +342,28 @@ def _advance_markets(cursor, batch: Batch) -> None:
         )
         if cursor.rowcount != 1:
             raise LeaseLost(market_book.symbol)
+
+
+class TradeRow(NamedTuple):
+    """A trade as COPY writes it (field order = _TRADE_COLUMNS)."""
+
+    id: int
+    market_id: int
+    sequence: int
+    price: str
+    quantity: str
+    quote_quantity: str
+    taker_side: str
+    maker_order_id: int
+    taker_order_id: int
+    taker_step: int
+    buyer_id: int
+    seller_id: int
+    buyer_fee: str
+    seller_fee: str
+    maker_fee_rate: str
+    taker_fee_rate: str
+    created_at: datetime
 
 
 _TRADE_COLUMNS = (
@@ -296,44 +379,35 @@ def _copy_trades(cursor, batch: Batch, trade_ids: list[int], now: datetime) -> N
     steps: dict[int, int] = {}
     rows = []
     for trade_id, (market_book, trade) in zip(trade_ids, batch.trades, strict=True):
-        units = market_book.units
+        text = market_book.text
         taker, maker = trade.taker, trade.maker
         step = steps[taker.id] = steps.get(taker.id, -1) + 1
-        taker_buys = taker.side == core.BUY
-        buyer, seller = (taker, maker) if taker_buys else (maker, taker)
-        buyer_fee_units, seller_fee_units = (
-            (trade.taker_fee, trade.maker_fee) if taker_buys else (trade.maker_fee, trade.taker_fee)
+        if taker.side == core.BUY:
+            buyer, seller, buyer_fee, seller_fee = taker, maker, trade.taker_fee, trade.maker_fee
+        else:
+            buyer, seller, buyer_fee, seller_fee = maker, taker, trade.maker_fee, trade.taker_fee
+        rows.append(
+            TradeRow(
+                trade_id, market_book.market_id, trade.seq, text.price(trade.price), text.qty(trade.quantity),
+                text.quote(trade.quote), SIDE_NAMES[taker.side], maker.id, taker.id, step, buyer.owner,
+                seller.owner, text.base_fee(buyer_fee), text.quote_fee(seller_fee), market_book.maker_fee_text,
+                market_book.taker_fee_text, now,
+            )
         )
-        row = {
-            "id": trade_id,
-            "market_id": market_book.market_id,
-            "sequence": trade.seq,
-            "price": units.ticks_to_price(trade.price),
-            "quantity": units.lots_to_qty(trade.quantity),
-            "quote_quantity": units.units_to_quote(trade.quote),
-            "taker_side": SIDE_NAMES[taker.side],
-            "maker_order_id": maker.id,
-            "taker_order_id": taker.id,
-            "taker_step": step,
-            "buyer_id": buyer.owner,
-            "seller_id": seller.owner,
-            "buyer_fee": units.base_fee(buyer_fee_units),
-            "seller_fee": units.quote_fee(seller_fee_units),
-            "maker_fee_rate": units.maker_fee,
-            "taker_fee_rate": units.taker_fee,
-            "created_at": now,
-        }
-        rows.append(row)
     # A taker's steps continue across batches only if it took before: it cannot
     # (a taker is placed once), so numbering from 0 per batch is stable on replay.
-    with cursor.copy(f"COPY orders_trade ({_TRADE_COLUMNS}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(tuple(row.values()))
-    with cursor.copy(
-        "COPY settlement_settlement (trade_id, status, attempts, next_attempt_at, last_error, created_at, resolution_note) FROM STDIN"
-    ) as copy:
-        for row in rows:
-            copy.write_row((row["id"], "pending", 0, now, "", now, ""))
+    # COPY text built here: one write per table instead of psycopg's per-value dumping.
+    at = now.isoformat()
+    _copy_text(
+        cursor,
+        f"COPY orders_trade ({_TRADE_COLUMNS}) FROM STDIN",
+        ["\t".join(map(str, row[:-1])) + f"\t{at}\n" for row in rows],
+    )
+    _copy_text(
+        cursor,
+        "COPY settlement_settlement (trade_id, status, attempts, next_attempt_at, last_error, created_at, resolution_note) FROM STDIN",
+        [f"{row.id}\tpending\t0\t{at}\t\t{at}\t\n" for row in rows],
+    )
     batch.trade_rows = rows
 
 
@@ -355,9 +429,16 @@ def _copy_releases(cursor, batch: Batch, now: datetime) -> None:
             releases.append((order_id, asset, rest))
     if not releases:
         return
-    with cursor.copy(
-        "COPY settlement_holdrelease (order_id, asset, amount, status, attempts, next_attempt_at, last_error, created_at) FROM STDIN"
-    ) as copy:
-        for order_id, asset, rest in releases:
-            copy.write_row((order_id, asset, rest, "pending", 0, now, "", now))
+    at = now.isoformat()
+    _copy_text(
+        cursor,
+        "COPY settlement_holdrelease (order_id, asset, amount, status, attempts, next_attempt_at, last_error, created_at) FROM STDIN",
+        [f"{order_id}\t{asset}\t{rest:f}\tpending\t0\t{at}\t\t{at}\n" for order_id, asset, rest in releases],
+    )
     batch.released_order_ids = [order_id for order_id, _, _ in releases]
+
+
+def _copy_text(cursor, statement: str, lines: list[str]) -> None:
+    """COPY rows given as text lines (values contain no tab, newline or backslash)."""
+    with cursor.copy(statement) as copy:
+        copy.write("".join(lines).encode())

@@ -82,6 +82,9 @@ _STOP_PRICE = 2  # next level is beyond the limit price
 _STOP_FUNDS = 3  # quote_limit cannot buy one more lot at the next price
 _STOP_STP = 4  # met its owner's resting order and must not continue
 
+_SIDES = (BUY, SELL)
+_TIFS = (GTC, IOC, FOK)
+
 # Compact a level's deque once it holds this many cancelled entries and they are the
 # majority; below that, skipping them at the front is cheaper than rebuilding.
 _COMPACT_MIN_DEAD = 32
@@ -90,16 +93,15 @@ _COMPACT_MIN_DEAD = 32
 class _Level:
     """One price level: FIFO of orders and the running total of their remaining lots."""
 
-    __slots__ = ("price", "key", "total", "orders", "dead", "touch")
+    __slots__ = ("side", "price", "key", "total", "orders", "dead")
 
     def __init__(self, side: int, price: int, key: int) -> None:
+        self.side = side
         self.price = price
         self.key = key
         self.total = 0
         self.orders: deque[Order] = deque()
         self.dead = 0
-        # Built once so marking the level touched allocates nothing on the hot path.
-        self.touch = (side, price)
 
 
 class _Side:
@@ -129,10 +131,12 @@ class _Side:
 
     def drop_best(self) -> _Level | None:
         """Remove the (now empty) best level and return the new best. O(log L)."""
-        del self.levels[self.best.key]
+        levels = self.levels
+        del levels[self.best.key]
         keys = self.keys
         keys.pop(0)
-        best = self.levels[keys[0]] if keys else None
+        # Truth of the dict (C) rather than of the SortedList (a Python __len__).
+        best = levels[keys[0]] if levels else None
         self.best = best
         return best
 
@@ -168,6 +172,7 @@ class OrderBook:
         "_index",
         "_buy_stops",
         "_sell_stops",
+        "_stop_count",
         "_touched",
     )
 
@@ -196,7 +201,12 @@ class OrderBook:
         self._index: dict[int, Order] = {}
         self._buy_stops = SortedList()
         self._sell_stops = SortedList()
-        self._touched: set[tuple[int, int]] = set()
+        # Untriggered stops on both sides; an int is cheaper to test after every
+        # trading command than a SortedList's (Python-level) length.
+        self._stop_count = 0
+        # Levels changed since take_touched(): the _Level objects themselves, hashed by
+        # identity, which is cheaper on the hot path than building (side, price) keys.
+        self._touched: set[_Level] = set()
 
     # ------------------------------------------------------------------ commands
 
@@ -210,78 +220,97 @@ class OrderBook:
         stop orders wait untriggered. Stops whose condition holds after the
         matching are then triggered (see ``_run_stops``) and their events follow.
 
-        Raises ``ValueError`` for an order the API should never send (unknown
-        constants, missing or non-positive price/quantity, a reused object or a
-        live id); the book is unchanged then.
+        Raises ``ValueError`` (``TypeError`` for a non-int amount) for an order the
+        API should never send: unknown constants, missing or non-positive amounts,
+        post-only other than limit GTC, an Order object already given to a book, or
+        an id that is live here. The book is unchanged then.
 
         Complexity: O(1) to rest at an existing level, O(log L) for a new level
         (L = levels on that side), plus O(1) per trade and O(log L) per level
         emptied; triggered stops cost O(log S) each plus their own matching.
         """
-        if order.seq or order.status is not PENDING or order.id in self._index:
+        if order.status is not PENDING or order.id in self._index:
             raise ValueError(f"order {order.id} was already given to this or another book")
         kind = order.kind
-        price = order.price
-        if (
-            kind == LIMIT
-            and order.tif == GTC
-            and type(price) is int
-            and price > 0
-            and type(order.quantity) is int
-            and order.quantity > 0
-            and (order.quote_limit is None or order.price * order.quantity <= order.quote_limit)
-        ):
-            # Fast path for the most common command, a GTC limit order that does not
-            # cross: it only rests. (The checks above are _validate's for this case.)
-            if order.side == BUY:
-                best = self._asks.best
-                if best is None or best.price > price:
-                    mine = self._bids
-                    key = -price
+        if kind == LIMIT:
+            price = order.price
+            qty = order.quantity
+            quote_limit = order.quote_limit
+            if (
+                type(price) is int
+                and type(qty) is int
+                and price > 0
+                and qty > 0
+                and order.tif == GTC
+                and (quote_limit is None or (type(quote_limit) is int and price * qty <= quote_limit))
+            ):
+                # Fast path for the most common command: a valid GTC limit order whose
+                # hold covers it (the checks above are _validate's for this shape).
+                # If it does not cross it just rests, inline.
+                side = order.side
+                if side == BUY:
+                    best = self._asks.best
+                    if best is None or best.price > price:
+                        mine = self._bids
+                        key = -price
+                    else:
+                        mine = None
+                elif side == SELL:
+                    best = self._bids.best
+                    if best is None or best.price < price:
+                        mine = self._asks
+                        key = price
+                    else:
+                        mine = None
                 else:
-                    mine = None
-            elif order.side == SELL:
-                best = self._bids.best
-                if best is None or best.price < price:
-                    mine = self._asks
-                    key = price
-                else:
-                    mine = None
-            else:
-                raise ValueError(f"bad side {order.side!r}")
-            if mine is not None:
-                lvl = mine.levels.get(key)
-                if lvl is None:
-                    lvl = mine.add_level(price)
-                lvl.orders.append(order)
-                lvl.total += order.remaining
-                self._index[order.id] = order
-                self._touched.add(lvl.touch)
-                order.status = OPEN
-                self.seq = seq = self.seq + 1
-                order.seq = seq
-                return [Accepted(seq, order)]
-        else:
-            self._validate(order)
-        order.seq = self.seq + 1
-        events: list = []
-        if kind == LIMIT or kind == MARKET:
-            if order.post_only:
-                # Would cross the best opposite price, own orders included.
-                if order.side == BUY:
-                    best, limit_key = self._asks.best, order.price
-                else:
-                    best, limit_key = self._bids.best, -order.price
-                if best is not None and best.key <= limit_key:
+                    raise ValueError(f"bad side {side!r}")
+                if mine is not None:
+                    lvl = mine.levels.get(key)
+                    if lvl is None:
+                        lvl = mine.add_level(price)
+                    lvl.orders.append(order)
+                    lvl.total += qty
+                    self._index[order.id] = order
+                    self._touched.add(lvl)
+                    order.status = OPEN
+                    self.seq = seq = self.seq + 1
+                    order.seq = seq
+                    return [Accepted(seq, order)]
+                if order.post_only:
+                    # It would cross the best opposite price (own orders included).
+                    order.seq = self.seq + 1
+                    events: list = []
                     self._finish(order, REJECTED, POST_ONLY_WOULD_TAKE, Rejected, events)
                     return events
-            before = self.last_price
-            self._execute(order, events)
-            if self.last_price != before and (self._buy_stops or self._sell_stops):
-                self._run_stops(events)
+            else:
+                self._validate(order)
+                if order.post_only and self._would_take(order):
+                    order.seq = self.seq + 1
+                    events = []
+                    self._finish(order, REJECTED, POST_ONLY_WOULD_TAKE, Rejected, events)
+                    return events
+        elif kind == MARKET:
+            self._validate(order)
         else:
+            self._validate(order)
+            order.seq = self.seq + 1
+            events = []
             self._place_stop(order, events)
+            return events
+        order.seq = self.seq + 1
+        before = self.last_price
+        events = self._execute(order, [])
+        if self.last_price != before and self._stop_count:
+            self._run_stops(events)
         return events
+
+    def _would_take(self, order: Order) -> bool:
+        """Whether a limit order crosses the best opposite price. O(1)."""
+        if order.side == BUY:
+            best = self._asks.best
+            return best is not None and best.price <= order.price
+        best = self._bids.best
+        return best is not None and best.price >= order.price
 
     def cancel(self, order_id: int) -> list:
         """Cancel a resting or untriggered order; ``[]`` if the id is not live.
@@ -296,23 +325,31 @@ class OrderBook:
             return []
         if order.status is UNTRIGGERED:
             self._stops_of(order.side).remove(self._stop_entry(order))
+            self._stop_count -= 1
         else:
-            side = self._bids if order.side == BUY else self._asks
-            lvl = side.levels[side.key_of(order.price)]
-            lvl.total -= order.remaining
-            self._touched.add(lvl.touch)
-            if lvl.total == 0:
+            if order.side == BUY:
+                side = self._bids
+                lvl = side.levels[-order.price]
+            else:
+                side = self._asks
+                lvl = side.levels[order.price]
+            order.status = CANCELLED  # marks its deque entry dead
+            total = lvl.total - order.remaining
+            lvl.total = total
+            self._touched.add(lvl)
+            if total == 0:
                 # Only dead entries would be left: drop the level with them.
                 side.drop(lvl)
             else:
-                lvl.dead += 1
-                if lvl.dead >= _COMPACT_MIN_DEAD and 2 * lvl.dead > len(lvl.orders):
-                    order.status = CANCELLED  # mark before filtering
+                dead = lvl.dead + 1
+                if dead >= _COMPACT_MIN_DEAD and 2 * dead > len(lvl.orders):
                     lvl.orders = deque(o for o in lvl.orders if o.status is not CANCELLED)
-                    lvl.dead = 0
-        events: list = []
-        self._finish(order, CANCELLED, CANCELLED_BY_USER, Cancelled, events)
-        return events
+                    dead = 0
+                lvl.dead = dead
+        order.status = CANCELLED
+        order.reason = CANCELLED_BY_USER
+        self.seq = seq = self.seq + 1
+        return [Cancelled(seq, order)]
 
     # ------------------------------------------------------------------ reads
 
@@ -341,7 +378,7 @@ class OrderBook:
         """Return the ``(side, price)`` levels changed since the last call and reset. O(1)."""
         touched = self._touched
         self._touched = set()
-        return touched
+        return {(lvl.side, lvl.price) for lvl in touched}
 
     def orders(self) -> Iterator[Order]:
         """Iterate resting and untriggered orders by seq. O(n log n)."""
@@ -398,6 +435,7 @@ class OrderBook:
                     raise ValueError(f"order {order.id}: stop condition already holds")
                 order.status = UNTRIGGERED
                 book._stops_of(order.side).add(book._stop_entry(order))
+                book._stop_count += 1
                 book._index[order.id] = order
             elif status == OPEN or status == PARTIALLY_FILLED:
                 if order.kind not in (LIMIT, STOP_LIMIT) or not order.price or order.price < 0:
@@ -441,7 +479,7 @@ class OrderBook:
             for key in keys:
                 lvl = side.levels[key]
                 _require(lvl.key == key and side.key_of(lvl.price) == key, "level key mismatch")
-                _require(lvl.touch == (side.side, lvl.price), "level touch key mismatch")
+                _require(lvl.side == side.side, "level on the wrong side")
                 _require(lvl.total > 0, f"empty level at {lvl.price}")
                 total = dead = 0
                 last_seq = 0
@@ -473,6 +511,7 @@ class OrderBook:
                 _require(not self._stop_holds(o), f"stop {o.id} should have triggered")
                 stops += 1
         _require(resting + stops == len(self._index), "index holds orders not in the book")
+        _require(stops == self._stop_count, "untriggered stop count is off")
         _require(all(o.seq <= self.seq for o in self._index.values()), "order seq > book seq")
 
     @staticmethod
@@ -507,7 +546,9 @@ class OrderBook:
         if order.post_only and (kind != LIMIT or tif != GTC):
             raise ValueError("post_only applies to limit GTC orders only")
         if order.quote_limit is not None:
-            _positive_int(order.quote_limit, "quote_limit")
+            # Zero is a real hold: e.g. a market buy by quantity into an empty book
+            # holds nothing; such a buy simply cannot trade.
+            _positive_int(order.quote_limit, "quote_limit", minimum=0)
 
     def _finish(self, order: Order, status: str, reason: str | None, event, events) -> None:
         """Set a terminal (or rejected) status and emit its event."""
@@ -529,22 +570,39 @@ class OrderBook:
         lvl.orders.append(order)
         lvl.total += order.remaining
         self._index[order.id] = order
-        self._touched.add(lvl.touch)
+        self._touched.add(lvl)
         return lvl
 
     def _rest_or_expire(self, order: Order, left: int | None, events: list) -> None:
         """Rest a GTC remainder, unless its hold cannot pay for it at its price."""
-        if left is not None and order.price * order.remaining > left:
+        price = order.price
+        remaining = order.remaining
+        if left is not None and price * remaining > left:
             # Resting would let it buy more than its hold as a maker.
             self._finish(order, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
             return
-        order.status = OPEN if order.filled == 0 else PARTIALLY_FILLED
-        self._rest(order)
-        self.seq += 1
-        events.append(Accepted(self.seq, order))
+        order.status = PARTIALLY_FILLED if order.filled else OPEN
+        # _rest(), inlined: this is half of all commands.
+        if order.side == BUY:
+            side = self._bids
+            lvl = side.levels.get(-price)
+        else:
+            side = self._asks
+            lvl = side.levels.get(price)
+        if lvl is None:
+            lvl = side.add_level(price)
+        lvl.orders.append(order)
+        lvl.total += remaining
+        self._index[order.id] = order
+        self._touched.add(lvl)
+        self.seq = seq = self.seq + 1
+        events.append(Accepted(seq, order))
 
-    def _execute(self, taker: Order, events: list) -> None:
-        """Match a limit or market order (or a triggered stop) and settle its remainder."""
+    def _execute(self, taker: Order, events: list) -> list:
+        """Match a limit or market order (or a triggered stop), settle its remainder.
+
+        Appends to and returns ``events``.
+        """
         side = taker.side
         kind = taker.kind
         if kind == LIMIT or kind == STOP_LIMIT:
@@ -559,26 +617,27 @@ class OrderBook:
         else:
             opp = self._bids
             left = None  # sells spend base, never quote
-        by_quote = taker.quantity is None
         lvl = opp.best
         if lvl is None or lvl.key > limit_key:
-            # Nothing to take (the common case for a passive limit order).
+            # Nothing to take: the common case of a passive limit order.
             if tif == GTC:
                 self._rest_or_expire(taker, left, events)
             else:
                 reason = FOK_NOT_FILLED if tif == FOK else IOC_REMAINDER
                 self._finish(taker, EXPIRED, reason, Expired, events)
-            return
+            return events
+        by_quote = taker.quantity is None
         if tif == FOK and not self._fok_fillable(taker, opp, limit_key, left, by_quote):
             self._finish(taker, EXPIRED, FOK_NOT_FILLED, Expired, events)
-            return
+            return events
 
         # The matching loop. Hot: everything it needs is in locals; the outer loop runs
         # once per price level, the inner once per maker, and the level total and the
         # taker's totals are written back once rather than per trade.
         buy = side == BUY
-        need = _NO_LIMIT if by_quote else taker.remaining
+        need = start = _NO_LIMIT if by_quote else taker.remaining
         limited = left is not None
+        budget = left
         owner = taker.owner
         stp = self.stp
         mnum = self.maker_fee
@@ -587,7 +646,7 @@ class OrderBook:
         touched = self._touched
         append = events.append
         seq = self.seq
-        filled = filled_quote = taker_fee = 0
+        filled_quote = 0
         last_px = 0
         stop = _STOP_GO
         while True:
@@ -600,7 +659,7 @@ class OrderBook:
             px = lvl.price
             q = lvl.orders
             total = lvl.total
-            touched.add(lvl.touch)
+            touched.add(lvl)
             while True:
                 maker = q[0]
                 if maker.status is CANCELLED:
@@ -610,7 +669,7 @@ class OrderBook:
                 mrem = maker.remaining
                 qty = mrem if mrem < need else need
                 if limited:
-                    afford = left // px
+                    afford = (budget - filled_quote) // px
                     if afford == 0:
                         stop = _STOP_FUNDS
                         break
@@ -651,11 +710,7 @@ class OrderBook:
                     del index[maker.id]
                 seq += 1
                 append(Trade(seq, maker, taker, px, qty, quote, maker_fee, fee))
-                filled += qty
                 filled_quote += quote
-                taker_fee += fee
-                if limited:
-                    left -= quote
                 total -= qty
                 need -= qty
                 last_px = px
@@ -670,13 +725,17 @@ class OrderBook:
                 stop = _STOP_FILLED
                 break
         self.seq = seq
+        # The taker's totals, once: its per-trade fees sum to this exactly.
+        filled = start - need
         if filled:
             self.last_price = last_px
             taker.filled += filled
             taker.filled_quote += filled_quote
-            taker.fee += taker_fee
+            taker.fee += filled * tnum if buy else filled_quote * tnum
         if not by_quote:
             taker.remaining = need
+        if limited:
+            left = budget - filled_quote
 
         if by_quote:
             if stop == _STOP_STP:
@@ -696,6 +755,7 @@ class OrderBook:
             self._rest_or_expire(taker, left, events)
         else:
             self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+        return events
 
     def _fok_fillable(
         self, taker: Order, opp: _Side, limit_key: int, left: int | None, by_quote: bool
@@ -768,6 +828,7 @@ class OrderBook:
             return
         order.status = UNTRIGGERED
         self._stops_of(order.side).add(self._stop_entry(order))
+        self._stop_count += 1
         self._index[order.id] = order
         self.seq += 1
         events.append(Accepted(self.seq, order))
@@ -794,11 +855,12 @@ class OrderBook:
                 batch.append(sell_stops.pop(0)[2])
             if not batch:
                 return
+            self._stop_count -= len(batch)
             for order in batch:
                 del self._index[order.id]
-                self.seq += 1
-                order.seq = self.seq
-                events.append(Triggered(self.seq, order))
+                self.seq = seq = self.seq + 1
+                order.seq = seq
+                events.append(Triggered(seq, order))
                 self._execute(order, events)
 
 
@@ -806,14 +868,14 @@ def _by_seq(order: Order) -> int:
     return order.seq
 
 
-def _positive_int(value: object, what: str) -> None:
+def _positive_int(value: object, what: str, minimum: int = 1) -> None:
     if value is None:
         raise ValueError(f"{what} is required")
     # Floats never enter the core: amounts are integer ticks, lots and units.
     if type(value) is not int:
         raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{what} must be positive, got {value}")
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value}")
 
 
 def _require(condition: bool, message: str) -> None:
