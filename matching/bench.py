@@ -160,6 +160,7 @@ def run_workload(n: int, seed: int, sample_every: int) -> dict:
     # re-scanning it (as a long-running engine process would after loading).
     gc.collect()
     gc.freeze()
+    cpu_started = time.thread_time()
     started = clock()
     for group, (probe_cancel, probe_arg) in groups:
         for is_cancel, arg in group:
@@ -174,6 +175,7 @@ def run_workload(n: int, seed: int, sample_every: int) -> dict:
             place(probe_arg)
         latencies.append(clock() - t0)
     elapsed = (clock() - started) / 1e9
+    cpu = time.thread_time() - cpu_started
     gc.unfreeze()
     if book.seq != expected_seq:
         raise RuntimeError(f"replay diverged: seq {book.seq} != {expected_seq}")
@@ -185,6 +187,11 @@ def run_workload(n: int, seed: int, sample_every: int) -> dict:
         "commands_per_sec": round(n / elapsed),
         "trades_per_sec": round(trades / elapsed),
         "trades": trades,
+        "trades_per_command": round(trades / n, 3),
+        # The same run measured in this thread's CPU time: on a shared machine wall
+        # time also counts the time other processes held the CPU.
+        "cpu_seconds": round(cpu, 3),
+        "cpu_commands_per_sec": round(n / cpu) if cpu else None,
         "p50_us": round(latencies[len(latencies) // 2] / 1000, 2),
         "p99_us": round(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1000, 2),
         "resting_orders_at_end": len(book),

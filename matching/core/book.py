@@ -242,7 +242,9 @@ class OrderBook:
                 and price > 0
                 and qty > 0
                 and order.tif == GTC
-                and (quote_limit is None or (type(quote_limit) is int and price * qty <= quote_limit))
+                and (
+                    quote_limit is None or (type(quote_limit) is int and price * qty <= quote_limit)
+                )
             ):
                 # Fast path for the most common command: a valid GTC limit order whose
                 # hold covers it (the checks above are _validate's for this shape).

@@ -265,3 +265,15 @@ def test_limit_buy_rests_only_if_its_hold_covers_it(book):
     assert t1.status == EXPIRED and t1.reason == "funds_exhausted" and kinds(ev) == ["expired"]
     t2, ev = book.buy(100, 3, quote_limit=300)
     assert t2.status == OPEN
+
+
+def test_zero_hold_is_valid_and_cannot_trade(book):
+    t1, ev = book.market(BUY, 2, quote_limit=0)
+    assert t1.status == EXPIRED and t1.reason == "ioc_remainder"  # empty book
+    book.sell(100, 5, owner=2)
+    t2, ev = book.market(BUY, 2, quote_limit=0)
+    assert t2.reason == "funds_exhausted" and t2.filled == 0
+    t3, ev = book.market(BUY, quote_limit=0)
+    assert t3.status == EXPIRED and t3.reason == "ioc_remainder" and t3.filled == 0
+    with pytest.raises(ValueError):
+        book.book.place(Order(99, 1, BUY, MARKET, quantity=1, quote_limit=-1))

@@ -277,9 +277,9 @@ class RefBook:
 # Quote budgets: arbitrary, or within a unit of a whole number of lots at a book price
 # (where "one lot's worth left" and "hold spent" flip).
 budgets = st.one_of(
-    st.integers(1, 900),
+    st.integers(0, 900),
     st.builds(
-        lambda price, lots, delta: max(1, price * lots + delta),
+        lambda price, lots, delta: max(0, price * lots + delta),
         st.integers(LOW, HIGH),
         st.integers(1, 8),
         st.integers(-1, 1),
@@ -560,7 +560,7 @@ def test_restore_accepts_status_strings_from_storage():
 
 def _random_budget(rng: random.Random) -> int:
     if rng.random() < 0.5:
-        return rng.randint(1, 3000)
+        return rng.randint(0, 3000)
     return max(1, rng.randint(90, 110) * rng.randint(1, 25) + rng.randint(-1, 1))
 
 
