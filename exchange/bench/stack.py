@@ -329,6 +329,9 @@ class Stack:
             "JWT_ACCESS_SECONDS": str(self.jwt_seconds),
             "WEB_WORKERS": str(self.web_workers),
             "DEFAULT_MARKETS": ",".join(MARKETS),
+            # metrics servers of their own (another engine or worker on this box has the defaults)
+            "ENGINE_METRICS_PORT": str(free_port()),
+            "SETTLEMENT_METRICS_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
         }
         os.environ.update(self.env)
@@ -356,7 +359,7 @@ class Stack:
         wallet_port = int(self.wallet_url.rsplit(":", 1)[1])
         web_port = int(self.web_url.rsplit(":", 1)[1])
         self._start("wallet", gunicorn_argv(wallet_port, self.web_workers), EXCHANGE_ROLE="wallet")
-        self._start("engine", [sys.executable, "manage.py", "run_matching_engine", "--metrics-port", str(free_port())])
+        self._start("engine", [sys.executable, "manage.py", "run_matching_engine", "--metrics-port", self.env["ENGINE_METRICS_PORT"]])
         self._start("worker", [sys.executable, "-m", "celery", "-A", "exchange", "worker", "--loglevel", "INFO", "--concurrency", "2"])
         self._start("beat", [sys.executable, "-m", "celery", "-A", "exchange", "beat", "--loglevel", "INFO",
                              "--schedule", str(self.log_dir / "celerybeat-schedule")])  # fmt: skip
