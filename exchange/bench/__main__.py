@@ -446,6 +446,7 @@ def headline(args, result: dict) -> dict:
         "delete_p99_ms": main.get("latency_ms", {}).get(CANCEL, {}).get("p99_ms"),
         "http_5xx": main.get("http_5xx"),
         "no_answer": main.get("no_answer"),
+        "errors": {k: n for k, n in (main.get("answers") or {}).items() if k.split(" ")[2][0] in "045"},
         "cpu_ms_per_order": (main.get("cpu") or {}).get("ms_per_order_total"),
         "machine_busy_pct": (main.get("cpu") or {}).get("machine_busy_pct"),
         "others_busy_cpu_seconds": (main.get("cpu") or {}).get("others_busy_seconds"),
