@@ -4,6 +4,7 @@ With DATABASE_URL / REDIS_URL unset, the embedded servers of `exchange.embedded`
 are started on first need and used instead.
 """
 
+import decimal
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,11 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Money is numeric(38, 18): a product of two such amounts has up to 76 digits.
+# With 80 digits of precision, Decimal arithmetic here never rounds.
+decimal.DefaultContext.prec = 80
+decimal.getcontext().prec = 80
 
 env = environ.Env()
 

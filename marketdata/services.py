@@ -41,9 +41,10 @@ def validate_units(*, tick_size: Decimal, lot_size: Decimal, maker_fee: Decimal,
     """Every amount the engine can produce (price × quantity × fee rate) fits 18 decimal places,
     so nothing is ever rounded."""
     for fee_name, fee in (("maker_fee", maker_fee), ("taker_fee", taker_fee)):
-        if decimal_places(tick_size * lot_size * fee) > MAX_DECIMAL_PLACES:
+        # A buyer's fee is lots × lot_size × rate (base); a seller's is quote × rate.
+        if decimal_places(lot_size * fee) > MAX_DECIMAL_PLACES or decimal_places(tick_size * lot_size * fee) > MAX_DECIMAL_PLACES:
             raise ValidationFailed.field(
-                fee_name, "tick_size × lot_size × fee rate must fit 18 decimal places."
+                fee_name, "lot_size × fee rate and tick_size × lot_size × fee rate must fit 18 decimal places."
             )
     if decimal_places(tick_size * lot_size) > MAX_DECIMAL_PLACES:
         raise ValidationFailed.field("lot_size", "tick_size × lot_size must fit 18 decimal places.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import redis
 from django.conf import settings
 
 from exchange.infra import redis_client
@@ -12,8 +13,11 @@ from matching import feed
 
 
 def engine_is_live(symbol: str) -> bool:
-    """A live engine owns the symbol: its heartbeat (TTL 10 s) is present."""
-    return bool(redis_client().exists(feed.heartbeat_key(symbol)))
+    """A live engine owns the symbol: its heartbeat (TTL 10 s) is present (and Redis answers)."""
+    try:
+        return bool(redis_client().exists(feed.heartbeat_key(symbol)))
+    except redis.RedisError:
+        return False
 
 
 def engine_submit(*, symbol: str, kind: str, order_id: int, timeout: float | None = None) -> dict | None:

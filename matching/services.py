@@ -55,14 +55,14 @@ class OrderRow:
     cancel_requested: bool
 
 
-# PostgreSQL turns amounts into integer units (exact numeric division), so the
-# engine parses integers rather than building Decimals for every row.
+# PostgreSQL turns amounts into integer units (exact numeric division; numeric,
+# not bigint: a price in ticks can exceed 2**63 on a fine tick).
 _ORDER_SELECT = """
     SELECT o.id, o.market_id, o.user_id, o.side, o.type, o.time_in_force, o.post_only,
-           (o.price / m.tick_size)::bigint, (o.stop_price / m.tick_size)::bigint,
-           (o.quantity / m.lot_size)::bigint, (o.filled_quantity / m.lot_size)::bigint,
-           (o.filled_quote / (m.tick_size * m.lot_size))::bigint, o.fee_total, o.status, o.sequence,
-           o.hold_amount, floor(o.hold_amount / (m.tick_size * m.lot_size))::bigint,
+           (o.price / m.tick_size)::numeric(60), (o.stop_price / m.tick_size)::numeric(60),
+           (o.quantity / m.lot_size)::numeric(60), (o.filled_quantity / m.lot_size)::numeric(60),
+           (o.filled_quote / (m.tick_size * m.lot_size))::numeric(60), o.fee_total, o.status, o.sequence,
+           o.hold_amount, floor(o.hold_amount / (m.tick_size * m.lot_size))::numeric(60),
            o.cancel_requested_at IS NOT NULL
       FROM orders_order o JOIN marketdata_market m ON m.id = o.market_id
 """
@@ -209,12 +209,23 @@ def core_order(row: OrderRow, units: MarketUnits) -> core.Order:
     return order
 
 
+def _order_row(row: tuple) -> OrderRow:
+    (order_id, market_id, user_id, side, kind, tif, post_only, price, stop, qty, filled, filled_quote,
+     fee_total, status, sequence, hold_amount, hold_units, cancel_requested) = row  # fmt: skip
+    return OrderRow(
+        order_id, market_id, user_id, side, kind, tif, post_only,
+        None if price is None else int(price), None if stop is None else int(stop),
+        None if qty is None else int(qty), int(filled), int(filled_quote), fee_total, status, sequence,
+        hold_amount, int(hold_units), cancel_requested,
+    )  # fmt: skip
+
+
 def orders_fetch(order_ids) -> dict[int, OrderRow]:
     if not order_ids:
         return {}
     with connection.cursor() as cursor:
         cursor.execute(_ORDER_SELECT + " WHERE o.id = ANY(%s)", [list(order_ids)])
-        return {row[0]: OrderRow(*row) for row in cursor.fetchall()}
+        return {row[0]: _order_row(row) for row in cursor.fetchall()}
 
 
 def book_rebuild(market: Market) -> MarketBook:
@@ -225,7 +236,7 @@ def book_rebuild(market: Market) -> MarketBook:
             _ORDER_SELECT + " WHERE o.market_id = %s AND o.status = ANY(%s) ORDER BY o.sequence",
             [market.id, list(Order.RESTING_STATUSES)],
         )
-        rows = [OrderRow(*row) for row in cursor.fetchall()]
+        rows = [_order_row(row) for row in cursor.fetchall()]
     orders = [core_order(row, units) for row in rows]
     book = OrderBook.restore(
         orders,
@@ -321,7 +332,7 @@ def _update_orders(cursor, batch: Batch, now: datetime) -> None:
                    filled_quote = v.filled_quote * %s,
                    fee_total = v.fee * CASE WHEN o.side = 'buy' THEN %s ELSE %s END,
                    sequence = COALESCE(v.seq, o.sequence), updated_at = %s
-              FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],
+              FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[],
                           %s::bigint[]) AS v(id, status, reason, filled, filled_quote, fee, seq)
              WHERE o.id = v.id
             """,

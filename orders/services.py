@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
+import redis
 from django.conf import settings
 from django.db import IntegrityError, connection
 from django.utils import timezone
-from settlement.clients.wallet import owner_for_user, wallet_client
 
 from exchange.errors import (
     EngineUnavailable,
@@ -26,7 +26,9 @@ from marketdata.models import Market
 from matching import client as engine
 from matching import feed
 from matching.core import MarketUnits
+from matching.selectors import book_snapshot
 from orders.models import Order
+from settlement.clients.wallet import owner_for_user, wallet_client
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ def order_place(
         raise
 
     order.market = plan.market
-    reply = engine.engine_submit(symbol=symbol, kind=feed.PLACE, order_id=order.pk)
+    reply = _ring(symbol=symbol, kind=feed.PLACE, order_id=order.pk)
     if reply is None:
         return OrderOutcome(order=order, pending=True)
     return _apply_reply(order, reply)
@@ -147,7 +149,7 @@ def order_cancel(*, user, order_id: int) -> OrderOutcome:
         if order.status in Order.FINAL_STATUSES:
             raise OrderNotCancellable(details={"status": order.status})
         return OrderOutcome(order=order, created=False, pending=True)
-    reply = engine.engine_submit(symbol=order.market.symbol, kind=feed.CANCEL, order_id=order.pk)
+    reply = _ring(symbol=order.market.symbol, kind=feed.CANCEL, order_id=order.pk)
     if reply is None:
         order.refresh_from_db()
         return OrderOutcome(order=order, created=False, pending=order.status not in Order.FINAL_STATUSES)
@@ -156,6 +158,19 @@ def order_cancel(*, user, order_id: int) -> OrderOutcome:
     if outcome.order.status != Status.CANCELLED and outcome.order.status in Order.FINAL_STATUSES:
         raise OrderNotCancellable(details={"status": outcome.order.status})
     return outcome
+
+
+def _ring(*, symbol: str, kind: str, order_id: int) -> dict | None:
+    """Ring the engine and wait; None (answer 202) when it did not reply in time or Redis failed.
+
+    The command is journaled in PostgreSQL before this: the engine's
+    reconciliation applies it even if the doorbell never rang.
+    """
+    try:
+        return engine.engine_submit(symbol=symbol, kind=kind, order_id=order_id)
+    except redis.RedisError:
+        logger.warning("could not ring the engine for order %s; reconciliation will apply it", order_id)
+        return None
 
 
 # ---------------------------------------------------------------------- validation
@@ -247,13 +262,19 @@ def _with_collar(amount: Decimal, quote_unit: Decimal) -> Decimal:
     return (padded / quote_unit).to_integral_value(rounding=ROUND_CEILING) * quote_unit
 
 
+def _snapshot(symbol: str) -> dict:
+    """The engine's published book; without Redis there is no live engine to take the order."""
+    try:
+        return book_snapshot(symbol) or {}
+    except redis.RedisError:
+        raise EngineUnavailable() from None
+
+
 def _market_buy_hold(market: Market, units: MarketUnits, quantity: Decimal) -> Decimal:
     """What the book's asks would cost for `quantity`, plus the collar (an "up to" hold)."""
-    from matching.selectors import book_snapshot
-
     lots = units.qty_to_lots(quantity)
     cost_units = 0
-    snapshot = book_snapshot(market.symbol) or {}
+    snapshot = _snapshot(market.symbol)
     for ticks, level_lots in snapshot.get("asks", []):
         take = min(lots, level_lots)
         cost_units += ticks * take
@@ -268,9 +289,7 @@ def _market_buy_hold(market: Market, units: MarketUnits, quantity: Decimal) -> D
 
 
 def _best_opposite_price(market: Market, units: MarketUnits, side: str) -> Decimal | None:
-    from matching.selectors import book_snapshot
-
-    snapshot = book_snapshot(market.symbol) or {}
+    snapshot = _snapshot(market.symbol)
     levels = snapshot.get("asks" if side == Order.Side.BUY else "bids") or []
     return units.ticks_to_price(levels[0][0]) if levels else None
 

@@ -9,15 +9,14 @@ def plain(value: Decimal | None) -> str | None:
     """Fixed-point text without trailing zeros: Decimal("1E-8") -> "0.00000001"."""
     if value is None:
         return None
-    text = format(value.normalize(), "f")
-    return text
+    return format(Decimal(value).normalize(), "f")
 
 
 def at_scale(value: Decimal | None, places: int) -> str | None:
     """Fixed-point text with exactly `places` decimals (the market's scale)."""
     if value is None:
         return None
-    return format(value.quantize(Decimal(1).scaleb(-places)), "f")
+    return format(Decimal(value).quantize(Decimal(1).scaleb(-places)), "f")
 
 
 class PlainDecimalField(serializers.Field):
