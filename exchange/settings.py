@@ -199,6 +199,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "sweep-orphan-holds": {"task": "orders.tasks.sweep_orphan_holds", "schedule": 60.0},
+}
 
 # --- Logging -----------------------------------------------------------------
 

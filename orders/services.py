@@ -372,3 +372,23 @@ class _FillView:
             fill.seller_id = order.user_id
         return fill
 
+
+
+def holds_release_orphans(*, older_than_seconds: float = 120, limit: int = 500) -> int:
+    """Release holds whose order never appeared (the process died between hold and insert).
+
+    Run by beat. The hold key names the order id allocated before the hold; no
+    row with that id after `older_than_seconds` means no order will ever use it.
+    Returns how many holds were released.
+    """
+    client = wallet_client()
+    holds = client.open_holds(prefix="order:", older_than_seconds=older_than_seconds, limit=limit)
+    ids = {int(hold.key.removeprefix("order:")): hold for hold in holds if hold.key.removeprefix("order:").isdigit()}
+    known = set(Order.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    orphans = [hold for order_id, hold in ids.items() if order_id not in known]
+    if orphans:
+        client.apply(
+            [{"key": f"release:{hold.key}", "type": "release", "hold": hold.key, "amount": str(hold.remaining)} for hold in orphans]
+        )
+        logger.warning("released %d orphan holds: %s", len(orphans), [hold.key for hold in orphans])
+    return len(orphans)

@@ -47,6 +47,21 @@ def hold_get(*, key: str) -> HoldState:
     return hold
 
 
+def holds_open(*, prefix: str, older_than_seconds: float, limit: int) -> list[HoldState]:
+    """Holds with something left, whose key starts with `prefix`, placed over `older_than_seconds` ago."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT h.key, a.owner, a.asset, h.amount, h.requested, h.captured, h.released, h.created_at
+                 FROM wallet_hold h JOIN wallet_account a ON a.id = h.account_id
+                WHERE h.key LIKE %s AND h.captured + h.released < h.amount
+                  AND h.created_at < now() - make_interval(secs => %s)
+                ORDER BY h.id LIMIT %s""",
+            [pattern, older_than_seconds, limit],
+        )
+        return [HoldState(*row) for row in cursor.fetchall()]
+
+
 def operation_get(*, key: str) -> OperationRecord:
     record = operation_find(key=key)
     if record is None:

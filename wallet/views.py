@@ -116,8 +116,10 @@ def operation_json(record: services.OperationRecord) -> dict:
     }
 
 
-@endpoint("POST")
+@endpoint("POST", "GET")
 def holds(request):
+    if request.method == "GET":
+        return _open_holds(request)
     data = _body(request, {"key", "owner", "asset", "amount", "up_to"})
     hold, created = services.hold_place(
         key=parse_key(data.get("key")),
@@ -127,6 +129,17 @@ def holds(request):
         up_to=parse_bool(data.get("up_to", False), "up_to"),
     )
     return JsonResponse(hold_json(hold), status=201 if created else 200)
+
+
+def _open_holds(request) -> JsonResponse:
+    """GET /v1/holds?prefix=order:&older_than=60&limit=500: holds with something left (for sweepers)."""
+    try:
+        older_than = float(request.GET.get("older_than", "60"))
+        limit = min(max(int(request.GET.get("limit", "500")), 1), 5000)
+    except ValueError:
+        raise ValidationFailed.field("query", "older_than and limit must be numbers") from None
+    found = selectors.holds_open(prefix=request.GET.get("prefix", ""), older_than_seconds=older_than, limit=limit)
+    return JsonResponse({"holds": [hold_json(hold) for hold in found]})
 
 
 @endpoint("GET")

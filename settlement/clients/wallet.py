@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from django.conf import settings
@@ -222,6 +222,12 @@ class WalletClient:
     def get_hold(self, key: str) -> HoldResult | None:
         data, _ = self._request("GET", f"/v1/holds/{quote(key, safe='')}", missing_ok=True)
         return None if data is None else HoldResult.from_json(data, created=False)
+
+    def open_holds(self, *, prefix: str, older_than_seconds: float, limit: int = 500) -> list[HoldResult]:
+        """Holds with something left whose key starts with `prefix` (oldest first)."""
+        query = urlencode({"prefix": prefix, "older_than": older_than_seconds, "limit": limit})
+        data, _ = self._request("GET", f"/v1/holds?{query}")
+        return [HoldResult.from_json(item, created=False) for item in data["holds"]]
 
     # -- transfers and releases --
 
