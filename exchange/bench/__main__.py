@@ -5,20 +5,21 @@ Phases of the default run (under 5 minutes on a 2-core machine):
  1. stack: a fresh database `bench_<pid>` (migrated), a private Redis, and the
     processes of `make run` with production settings on free ports; two markets;
     `--traders` traders with pre-issued JWTs, funded by deposits at the wallet.
- 2. warm-up: the order mix at a third of the rate (fills the books; not measured).
- 3. bare: a constant-JSON DRF endpoint on the same gunicorn settings, driven by
-    the same load generator back to back (`--concurrency` clients): the anchor.
- 4. sustained: the order mix at a fixed arrival rate (`--rate` placements per
-    second, plus cancels and reads) for `--duration` seconds.
- 5. drain: until no order is pending and the outbox is empty (bounded).
- 6. capacity: placements back to back, to measure order throughput at saturation;
-    `ratio_to_bare` = that throughput / the bare endpoint's.
- 7. drain again, then the invariants (`exchange.invariants.check_all(quiescent=True)`).
+ 2. warm-up: the order mix at a third of the rate, at most 50/s (not measured).
+ 3. sustained: the order mix at a fixed arrival rate (`--rate` placements per
+    second, plus cancels and reads) for `--duration` seconds; then until no order
+    is pending and the outbox is empty (bounded), for the settlement lag.
+ 4. anchor: `--rounds` alternating slices of (a) a constant-JSON DRF endpoint on
+    the same gunicorn settings and (b) order placements, each driven back to back
+    by `--concurrency` clients of the same load generator. `ratio_to_bare` =
+    placements/s ÷ bare requests/s; alternating makes a drifting background load
+    (other work on the box) weigh on both alike.
+ 5. the invariants (`exchange.invariants.check_all(quiescent=True)`).
 
-`--step` replaces 4 and 6 by a step test: the rate rises by `--step-increment`
-every `--step-seconds` until the p99 of POST /api/v1/orders passes 50 ms; the
-knee is the last step under it, and `ratio_to_bare` is the knee's accepted
-orders/s over the bare endpoint's requests/s.
+`--step` replaces 3 and 4 by the bare endpoint alone, then a step test: the
+rate rises by `--step-increment` every `--step-seconds` until the p99 of
+POST /api/v1/orders passes 50 ms; the knee is the last step under it, and
+`ratio_to_bare` is the knee's orders/s over the bare endpoint's requests/s.
 
 Prints a table (progress goes to stderr), then one JSON object as the last line.
 Exit status: 0, or 1 when an invariant breaks, or 2 when the bench itself failed.
@@ -74,8 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--traders", type=int, default=200)
     p.add_argument("--web-workers", type=int, default=3, help="gunicorn workers of web, wallet and bare (make run: 3)")
     p.add_argument("--concurrency", type=int, default=12, help="clients of the closed-loop phases (bare, capacity)")
-    p.add_argument("--bare-seconds", type=float, default=15)
-    p.add_argument("--capacity-seconds", type=float, default=20, help="0 skips the capacity phase")
+    p.add_argument("--bare-seconds", type=float, default=20, help="seconds of the bare endpoint (over all rounds)")
+    p.add_argument("--capacity-seconds", type=float, default=20,
+                   help="seconds of order capacity (over all rounds; 0: measure the bare endpoint only)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating bare/capacity slices of the anchor phase")
     p.add_argument("--warmup", type=float, default=5, help="seconds of unmeasured load first")
     p.add_argument("--drain-timeout", type=float, default=60, help="most seconds to wait for the outbox to drain")
     p.add_argument("--max-inflight", type=int, default=256,
@@ -297,6 +300,38 @@ class Phases:
         return summary
 
 
+    async def run_slices(self, others, slices, rec: Recorder) -> dict:
+        """Measured slices (`slices`, each after one of `others`, which are not measured
+        here): client figures accumulate in `rec`, CPU only over the slices, server figures
+        over the whole span (nothing else creates orders meanwhile) per slice second."""
+        from django.utils import timezone
+
+        since = timezone.now()
+        totals: dict = {"by_role_seconds": {}, "machine_busy_seconds": 0.0, "machine_seconds": 0.0, "others_seconds": 0.0}
+        for other, measured in zip(others, slices, strict=True):
+            await other()
+            self.meter.start()
+            await measured()
+            cpu = self.meter.stop()
+            for role, seconds in cpu["by_role_seconds"].items():
+                totals["by_role_seconds"][role] = totals["by_role_seconds"].get(role, 0.0) + seconds
+            for key in ("machine_busy_seconds", "machine_seconds", "others_seconds"):
+                totals[key] += cpu[key]
+        until = timezone.now()
+        summary = phase_summary(rec)
+        ok, waited, state = await asyncio.to_thread(wait_quiescent, self.drain_timeout)
+        log(f"  drained in {waited:.1f}s" if ok else f"  not drained after {waited:.0f}s: {state}")
+        summary["drain_seconds"], summary["drained"] = round(waited, 1), ok
+        figures = await asyncio.to_thread(window_figures, since, until)
+        span = max((until - since).total_seconds(), 1e-9)
+        for key in ("server_orders_per_sec", "trades_per_sec"):  # per measured second, not per span second
+            figures[key] = round(figures[key] * span / rec.elapsed, 1)
+        summary.update(figures)
+        summary["cpu"] = cpu_per_order(totals, summary["server_orders"])
+        summary["window"] = [since.isoformat(), until.isoformat()]
+        return summary
+
+
 async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> None:
     host, port = "127.0.0.1", int(stack.web_url.rsplit(":", 1)[1])
     web = HttpClient(host, port, timeout=args.timeout)
@@ -315,7 +350,7 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
         await driver.open_loop(work.next_mixed, warm_rate / PLACE_SHARE, args.warmup, Recorder())
         await settle("warm-up")
 
-    # -- the anchor: same gunicorn settings, same generator, nothing else under load
+    # -- the anchor: the same gunicorn settings and generator; idle while not driven
     bare_url = stack.start_bare()
     from exchange.bench.urls import BARE_PATH
 
@@ -323,19 +358,26 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
     bare_op = Op(BARE, bare_client.get(BARE_PATH))
     bare_driver = Driver(bare_client)
     await bare_driver.closed_loop(lambda: bare_op, args.concurrency, 1.0, Recorder())  # every worker warm
-    log(f"bare: {args.bare_seconds:.0f}s, {args.concurrency} clients back to back on {BARE_PATH}")
     bare = Recorder()
-    await bare_driver.closed_loop(lambda: bare_op, args.concurrency, args.bare_seconds, bare)
-    bare_client.close()
-    stack.stop_bare()
-    result["bare"] = phase_summary(bare)
-    log(f"  bare: {result['bare']['requests_per_sec']:.0f} req/s, p99 {result['bare']['latency_ms'][BARE]['p99_ms']} ms")
+
+    def bare_slice(seconds: float):
+        return bare_driver.closed_loop(lambda: bare_op, args.concurrency, seconds, bare, slice_of=True)
 
     groups = {role: proc.pid for role, proc in stack.procs.items()}
     if stack.redis is not None and stack.redis.proc is not None:
         groups["redis"] = stack.redis.proc.pid
     phases = Phases(CpuMeter(groups, stack.database.name), args.drain_timeout)
+
+    def finish_bare() -> None:
+        bare_client.close()
+        stack.stop_bare()
+        result["bare"] = phase_summary(bare)
+        log(f"  bare: {result['bare']['requests_per_sec']:.0f} req/s, p99 {result['bare']['latency_ms'][BARE]['p99_ms']} ms")
+
     if args.step:
+        log(f"bare: {args.bare_seconds:.0f}s, {args.concurrency} clients back to back on {BARE_PATH}")
+        await bare_slice(args.bare_seconds)
+        finish_bare()
         await run_steps(args, driver, work, phases, result)
         web.close()
         return
@@ -364,16 +406,27 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
     log(f"  sustained: {sustained['orders_per_sec']:.0f} orders/s answered 2xx ({sustained['server_orders_per_sec']:.0f}/s created), "
         f"p99 {sustained['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")  # fmt: skip
 
+    await settle("sustained")
+    # Bare and order capacity in alternating slices: a background load that drifts (other
+    # work on the box) weighs on both sides of the ratio alike.
+    rounds = max(1, args.rounds)
+    log(f"anchor: {rounds} rounds of bare ({args.bare_seconds / rounds:.1f}s on {BARE_PATH}) then orders "
+        f"({args.capacity_seconds / rounds:.1f}s of placements), {args.concurrency} clients back to back")  # fmt: skip
+    capacity = Recorder()
+    profiler = start_profile("capacity", args.capacity_seconds + args.bare_seconds)
     if args.capacity_seconds > 0:
-        await settle("sustained")
-        log(f"capacity: {args.capacity_seconds:.0f}s, {args.concurrency} clients placing back to back")
-        profiler = start_profile("capacity", args.capacity_seconds)
-        result["capacity"] = await phases.run(
-            lambda rec: driver.closed_loop(work.next_placement, args.concurrency, args.capacity_seconds, rec)
+        result["capacity"] = await phases.run_slices(
+            [lambda: bare_slice(args.bare_seconds / rounds)] * rounds,
+            [lambda: driver.closed_loop(work.next_placement, args.concurrency, args.capacity_seconds / rounds, capacity, slice_of=True)] * rounds,
+            capacity,
         )
-        finish_profile(profiler)
-        capacity = result["capacity"]
-        log(f"  capacity: {capacity['orders_per_sec']:.0f} orders/s, p99 {capacity['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")
+    else:
+        await bare_slice(args.bare_seconds)
+    finish_profile(profiler)
+    finish_bare()
+    if args.capacity_seconds > 0:
+        cap = result["capacity"]
+        log(f"  capacity: {cap['orders_per_sec']:.0f} orders/s, p99 {cap['latency_ms'].get(PLACE, {}).get('p99_ms')} ms")
     web.close()
 
 

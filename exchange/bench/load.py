@@ -253,9 +253,11 @@ class Recorder:
             values = self.latencies[kind] = array("d")
         values.append(latency)
 
+    active: float = 0.0  # summed slice durations, when a recorder spans several slices
+
     @property
     def elapsed(self) -> float:
-        return max(self.ended - self.started, 1e-9)
+        return max(self.active or (self.ended - self.started), 1e-9)
 
     def count(self, kind: str) -> int:
         return len(self.latencies.get(kind, ()))
@@ -359,10 +361,13 @@ class Driver:
             await asyncio.sleep(0.05)
         return loop.time() - started
 
-    async def closed_loop(self, next_op, concurrency: int, duration: float, rec: Recorder) -> None:
+    async def closed_loop(self, next_op, concurrency: int, duration: float, rec: Recorder, *, slice_of: bool = False) -> None:
+        """`concurrency` clients back to back for `duration` seconds. With `slice_of`, this is
+        one slice of a longer measurement: `rec.active` adds this slice's duration."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        rec.started = rec.ended = start
+        if not slice_of:
+            rec.started = rec.ended = start
         end = start + duration
 
         async def client() -> None:
@@ -370,6 +375,8 @@ class Driver:
                 await self._one(next_op(), loop.time(), rec)
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
+        if slice_of:
+            rec.active += loop.time() - start
 
 
 def _error_code(body: bytes) -> str:

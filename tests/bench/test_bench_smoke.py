@@ -18,7 +18,7 @@ def test_short_bench_prints_the_figures_and_the_invariants_hold(tmp_path):
     argv = [
         sys.executable, "-m", "exchange.bench",
         "--duration", "10", "--rate", "40", "--traders", "20", "--warmup", "1",
-        "--bare-seconds", "2", "--capacity-seconds", "2", "--drain-timeout", "30",
+        "--bare-seconds", "2", "--capacity-seconds", "2", "--rounds", "2", "--drain-timeout", "30",
         "--log-dir", str(tmp_path / "logs"),
     ]  # fmt: skip
     started = time.monotonic()
