@@ -1,6 +1,7 @@
 """gunicorn settings shared by the web and wallet processes (sync workers: lowest p99 here)."""
 
 import os
+import tempfile
 
 workers = int(os.environ.get("WEB_WORKERS", "3"))
 worker_class = "sync"
@@ -9,3 +10,13 @@ graceful_timeout = 10
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG") or None
 max_requests = 0
+
+# /metrics must add up every worker's counters: prometheus_client's multiprocess
+# mode, one directory per server (set before any worker imports the client).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="exchange-metrics-"))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
