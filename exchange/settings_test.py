@@ -20,3 +20,4 @@ _session = os.environ.setdefault("EXCHANGE_TEST_SESSION", str(os.getpid()))
 DATABASES["default"]["TEST"] = {"NAME": f"test_exchange_{_session}"}  # noqa: F405
 REDIS_URL = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{1 + int(_session) % 15}"))  # noqa: F405
 CELERY_BROKER_URL = REDIS_URL
+CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
