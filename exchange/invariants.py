@@ -8,7 +8,7 @@ drained): `check_all(quiescent=True)` runs those too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from django.db import connection
 
@@ -29,6 +29,10 @@ class Report:
 
     def summary(self) -> dict[str, int]:
         return {name: len(found) for name, found in self.violations.items()}
+
+
+# Sums and differences of numeric(38, 18) values need more than the default 28 digits.
+_EXACT = Context(prec=80)
 
 
 def _rows(sql: str, params=None) -> list[tuple]:
@@ -105,7 +109,7 @@ def holds_match_open_orders() -> list[str]:
     ):
         captured = order.filled_quote if order.side == Order.Side.BUY else order.filled_quantity
         key = (f"user:{order.user_id}", order.hold_asset)
-        expected[key] = expected.get(key, Decimal(0)) + order.hold_amount - captured
+        expected[key] = _EXACT.add(expected.get(key, Decimal(0)), _EXACT.subtract(order.hold_amount, captured))
     actual = {
         (owner, asset): held
         for owner, asset, held in _rows("SELECT owner, asset, held FROM wallet_account WHERE owner LIKE 'user:%%'")
@@ -191,7 +195,7 @@ def trades_exact() -> list[str]:
         """
     )
     return [
-        f"trade {tid}: {qty} @ {price} = {quote} (exact {price * qty}), fees buyer {bfee} seller {sfee}, "
+        f"trade {tid}: {qty} @ {price} = {quote} (exact {_EXACT.multiply(price, qty)}), fees buyer {bfee} seller {sfee}, "
         f"taker {side}, rates maker {mrate} taker {trate}"
         for tid, price, qty, quote, bfee, sfee, side, mrate, trate in rows
     ]
@@ -228,14 +232,15 @@ def holds_match_orders() -> list[str]:
             if hold_amount:
                 problems.append(f"order {oid}: holds {hold_amount} but the wallet has no hold order:{oid}")
             continue
-        remaining = amount - captured - released
+        remaining = _EXACT.subtract(_EXACT.subtract(amount, captured), released)
         if amount != hold_amount:
             problems.append(f"order {oid}: order says hold {hold_amount}, wallet hold is {amount}")
         if captured != spent:
             problems.append(f"order {oid} ({status}): fills spent {spent}, the wallet captured {captured}")
         if status in live:
-            if remaining != hold_amount - spent:
-                problems.append(f"order {oid} ({status}): wallet hold has {remaining} left, the order needs {hold_amount - spent}")
+            needed = _EXACT.subtract(hold_amount, spent)
+            if remaining != needed:
+                problems.append(f"order {oid} ({status}): wallet hold has {remaining} left, the order needs {needed}")
         elif remaining != 0:
             problems.append(f"order {oid} ({status}): stuck hold, {remaining} still held")
     orphans = _rows(

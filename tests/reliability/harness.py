@@ -897,13 +897,7 @@ def check_invariants(*, quiescent: bool, verdict: Verdict | None = None, pending
 # Server errors the suite has found and pinned with a strict-xfail regression test: a
 # loop tolerates these (and counts them); any other traceback in a web log fails it.
 # Keys are prefixes of the exception line that ends a traceback.
-KNOWN_SERVER_ERRORS = {
-    "AttributeError: 'int' object has no attribute 'quantize'":
-        "BUG-1 test_regressions.py::test_placement_answers_202_when_the_engine_does_not_reply",
-    "redis.exceptions.ConnectionError": "BUG-2/BUG-3 test_regressions.py::test_*_redis_*",
-    "redis.exceptions.TimeoutError": "BUG-2/BUG-3 test_regressions.py::test_*_redis_*",
-    "ConnectionRefusedError: [Errno 111] Connection refused": "BUG-2/BUG-3 (the cause chained to the above)",
-}
+KNOWN_SERVER_ERRORS: dict[str, str] = {}  # BUG-1..3 fixed; regressions in test_regressions.py
 
 
 def _known(error: str) -> bool:

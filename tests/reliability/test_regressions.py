@@ -1,8 +1,16 @@
 """Bugs the reliability loops found, each pinned by a small deterministic test.
 
-Each is `xfail(strict=True)` until the product is fixed: then it passes, strict
-xfail turns that into a failure, and whoever fixed it removes the marker (and the
-bug's entry in `harness.KNOWN_SERVER_ERRORS`, if it has one).
+A new bug's test is `xfail(strict=True)` (with the bug and its fix in `reason`) until
+the product is fixed: then it passes, strict xfail turns that into a failure, and
+whoever fixed it removes the marker (and the bug's entry in
+`harness.KNOWN_SERVER_ERRORS`, if it has one). The tests stay, as regressions.
+
+BUG-1  202 answered as 500 (int defaults of a fresh Order)          fixed in daaff34
+BUG-2  Redis unreachable: 500 instead of 503 engine_unavailable     fixed in daaff34
+BUG-3  Redis fails at the ring after journaling: 500 instead of 202 fixed in daaff34
+BUG-4  holds and releases computed in the 28-digit decimal context  fixed in daaff34
+BUG-5  markets whose lot × fee rate needs > 18 decimals accepted    fixed in daaff34
+BUG-6  engine SQL cast units to bigint: one order kills the engine  fixed in daaff34
 """
 
 from __future__ import annotations
@@ -26,12 +34,6 @@ def quiet_btc(wallet_server, btc_market):
     return btc_market
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-1: POST /orders answers 500 instead of 202 when the engine has not replied in time: "
-    "the Order built by objects.create() keeps the int defaults (0) of filled_quantity/filled_quote/"
-    "fee_total and OrderOutput's at_scale() calls .quantize() on them",
-)
 def test_placement_answers_202_when_the_engine_does_not_reply(quiet_btc, auth_client, settings):
     settings.ENGINE_REPLY_TIMEOUT_SECONDS = 0.2
     client = auth_client()
@@ -62,12 +64,6 @@ def redis_unreachable(settings):
     redis_client.cache_clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-2: with Redis unreachable, POST /orders and DELETE /orders/{id} answer 500: "
-    "engine_is_live() (and _plan's book_snapshot() for market orders) let redis.ConnectionError "
-    "escape; nothing was created, so the contract's answer is 503 engine_unavailable",
-)
 def test_placement_with_redis_unreachable_is_503_and_creates_nothing(wallet_server, btc_market, auth_client, redis_unreachable):
     from orders.models import Order
 
@@ -83,12 +79,6 @@ def test_placement_with_redis_unreachable_is_503_and_creates_nothing(wallet_serv
     assert response.json()["error"]["code"] == "engine_unavailable"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-3: when Redis fails at the ring (XADD/BLPOP in engine_submit) after the order row is "
-    "journaled, POST /orders answers 500 although the order exists and reconciliation will execute "
-    "it (a client that retries with a new client_order_id trades twice); the answer must be 202 pending",
-)
 def test_placement_when_redis_fails_at_the_ring_answers_202(quiet_btc, auth_client, monkeypatch):
     import redis
 
@@ -112,11 +102,6 @@ def test_placement_when_redis_fails_at_the_ring_answers_202(quiet_btc, auth_clie
     assert response.json()["data"]["order"]["id"] == order.pk
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-3 (cancel): when Redis fails at the ring after the cancel is recorded on the row, "
-    "DELETE /orders/{id} answers 500 although the cancel is durable and will be applied; must be 202",
-)
 def test_cancel_when_redis_fails_at_the_ring_answers_202(quiet_btc, auth_client, monkeypatch):
     import redis
 
@@ -137,3 +122,98 @@ def test_cancel_when_redis_fails_at_the_ring_answers_202(quiet_btc, auth_client,
     order.refresh_from_db()
     assert order.cancel_requested_at is not None  # durable: reconciliation applies it
     assert response.status_code == 202, response.content
+
+
+PRICE = Decimal("123456789012.34567891")  # 20 significant digits, on a 1e-8 tick
+QUANTITY = Decimal("1234.5678901234")  # 14 significant digits, on a 1e-10 lot
+EXACT_COST = Decimal("152415787532381.356526659656677494")  # price × quantity: 33 digits
+
+
+@pytest.fixture
+def fine_market(wallet_server, market):
+    """PX-USDT, tick 1e-8 and lot 1e-10 (tick × lot = 1e-18: accepted), with a heartbeat and no engine."""
+    from exchange.infra import redis_client
+    from matching import feed
+
+    redis_client().flushdb()
+    made = market("PX-USDT", tick_size="0.00000001", lot_size="0.0000000001", min_notional="0", maker_fee="0", taker_fee="0")
+    redis_client().set(feed.heartbeat_key("PX-USDT"), feed.dumps({"pid": 0, "at": 0}), ex=60)
+    yield made
+    redis_client().flushdb()
+
+
+def test_hold_is_exactly_price_times_quantity(fine_market, auth_client, settings):
+    from orders.models import Order
+    from settlement.clients.wallet import wallet_client
+
+    settings.ENGINE_REPLY_TIMEOUT_SECONDS = 0.1
+    client = auth_client()
+    harness.fund(client.user, "USDT", "1000000000000000")
+    client.post(
+        "/api/v1/orders",
+        {"symbol": "PX-USDT", "side": "buy", "type": "limit", "price": str(PRICE), "quantity": str(QUANTITY)},
+        format="json",
+    )  # the answer is 500 while BUG-1 stands; the row and the hold are what matter here
+    order = Order.objects.get()
+    assert order.hold_amount == EXACT_COST
+    assert wallet_client().get_hold(order.hold_key).amount == EXACT_COST
+
+
+def test_release_is_exactly_the_unused_hold(fine_market, make_user, monkeypatch):
+    import settlement.services
+    from exchange.infra import redis_client
+    from matching import feed
+    from matching.engine import Engine
+    from orders.models import Order
+    from settlement.models import HoldRelease
+
+    monkeypatch.setattr(settlement.services, "outbox_dispatch", lambda **kwargs: None)
+    redis_client().delete(feed.heartbeat_key("PX-USDT"))
+    engine = Engine(["PX-USDT"])
+    engine.step()
+    order = Order.objects.create(
+        user=make_user(), market=fine_market, side="buy", type="limit", time_in_force="gtc", price=PRICE,
+        quantity=QUANTITY, hold_asset="USDT", hold_amount=EXACT_COST, cancel_requested_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    engine.redis.xadd(feed.stream_key("PX-USDT"), feed.encode_command(feed.CANCEL, order.pk, None))
+    engine.step()
+    order.refresh_from_db()
+    assert order.status == "cancelled"
+    assert HoldRelease.objects.get(order=order).amount == EXACT_COST
+
+
+def test_market_whose_base_fee_needs_19_decimals_is_refused(db):
+    from exchange.errors import ValidationFailed
+    from marketdata.services import market_create
+
+    with pytest.raises(ValidationFailed):
+        market_create(symbol="AB-CD", tick_size="10", lot_size="0.0000000001", maker_fee="0.000000001", taker_fee="0")
+
+
+# BUG-6: matching.services._ORDER_SELECT cast amounts in units to bigint; on a market with
+# tick 1e-8 and lot 1e-8 a 1,000-unit buy holds 1e19 quote units > 2**63: orders_fetch
+# raised DataError, which Engine.run does not catch, so the engine process died, and again
+# at every restart (reconciliation re-reads the pending row).
+def test_engine_survives_an_order_beyond_bigint_units(wallet_server, market, make_user, monkeypatch):
+    import settlement.services
+    from exchange.infra import redis_client
+    from matching import feed
+    from matching.engine import Engine
+    from orders.models import Order
+
+    monkeypatch.setattr(settlement.services, "outbox_dispatch", lambda **kwargs: None)
+    redis_client().flushdb()
+    meme = market("MEME-USDT", tick_size="0.00000001", lot_size="0.00000001", min_notional="0", maker_fee="0", taker_fee="0")
+    engine = Engine(["MEME-USDT"])
+    engine.step()
+    order = Order.objects.create(
+        user=make_user(), market=meme, side="buy", type="limit", time_in_force="gtc", price=Decimal("1.00000000"),
+        quantity=Decimal("1000.00000000"), hold_asset="USDT", hold_amount=Decimal("1000"),
+    )  # fmt: skip
+    engine.redis.xadd(feed.stream_key("MEME-USDT"), feed.encode_command(feed.PLACE, order.pk, None))
+    try:
+        engine.step()
+    finally:
+        redis_client().flushdb()
+    order.refresh_from_db()
+    assert order.status == "open"
