@@ -13,7 +13,9 @@ Layout, per side:
   (status ``cancelled``) and the level total reduced; the dead entry is skipped and
   dropped when it reaches the front. ``dead`` counts such entries so a level that
   accumulates many is compacted (amortised O(1) per cancel), and a level whose total
-  reaches zero is dropped whole, dead entries included.
+  reaches zero is dropped whole, dead entries included. A few recently emptied level
+  objects are kept per side and reused when an order rests at that price again:
+  levels at the touch empty and refill all the time.
 
 Untriggered stops sit in two ``SortedList``s of ``(key, seq, order)`` tuples: buy
 stops keyed by stop price (they trigger when the last price rises to it, lowest
@@ -83,6 +85,7 @@ _STOP_FUNDS = 3  # quote_limit cannot buy one more lot at the next price
 _STOP_STP = 4  # met its owner's resting order and must not continue
 
 _SIDES = (BUY, SELL)
+_SPARE_LEVELS = 256
 _TIFS = (GTC, IOC, FOK)
 
 # Compact a level's deque once it holds this many cancelled entries and they are the
@@ -107,13 +110,16 @@ class _Level:
 class _Side:
     """One side of the book (see module docstring for the key convention)."""
 
-    __slots__ = ("side", "levels", "keys", "best")
+    __slots__ = ("side", "levels", "keys", "best", "spare")
 
     def __init__(self, side: int) -> None:
         self.side = side
         self.levels: dict[int, _Level] = {}
         self.keys = SortedList()
         self.best: _Level | None = None
+        # Recently emptied levels by key, reused when an order rests at that price
+        # again (levels near the touch empty and refill constantly). Bounded.
+        self.spare: dict[int, _Level] = {}
 
     def key_of(self, price: int) -> int:
         return -price if self.side == BUY else price
@@ -121,7 +127,9 @@ class _Side:
     def add_level(self, price: int) -> _Level:
         """Create and index a new, empty level. O(log L)."""
         key = -price if self.side == BUY else price
-        lvl = _Level(self.side, price, key)
+        lvl = self.spare.pop(key, None)
+        if lvl is None:
+            lvl = _Level(self.side, price, key)
         self.levels[key] = lvl
         self.keys.add(key)
         best = self.best
@@ -132,7 +140,7 @@ class _Side:
     def drop_best(self) -> _Level | None:
         """Remove the (now empty) best level and return the new best. O(log L)."""
         levels = self.levels
-        del levels[self.best.key]
+        self._retire(levels.pop(self.best.key))
         keys = self.keys
         keys.pop(0)
         # Truth of the dict (C) rather than of the SortedList (a Python __len__).
@@ -147,8 +155,21 @@ class _Side:
         else:
             del self.levels[lvl.key]
             self.keys.remove(lvl.key)
+            self._retire(lvl)
+
+    def _retire(self, lvl: _Level) -> None:
+        """Keep an emptied level for reuse: clear its dead entries. O(dead)."""
+        if lvl.orders:
+            lvl.orders.clear()  # only dead entries can be left
+            lvl.dead = 0
+        spare = self.spare
+        if len(spare) >= _SPARE_LEVELS:
+            spare.clear()
+        spare[lvl.key] = lvl
 
     def depth(self, n: int) -> list[tuple[int, int]]:
+        if n <= 0:
+            return []
         levels = self.levels
         return [(levels[k].price, levels[k].total) for k in self.keys.islice(0, n)]
 
@@ -157,7 +178,26 @@ class OrderBook:
     """An in-memory limit order book for one market, with its stop orders.
 
     Single-threaded and deterministic: the same sequence of ``place``/``cancel``
-    calls yields the same events. Every event takes the next ``seq``.
+    calls yields the same events. Every event takes the next ``seq`` (so
+    ``book.seq`` is the seq of the last event); events reference the live Order
+    objects, whose final state a consumer reads after its batch.
+
+    Outcomes, as the order's ``status`` and ``reason``:
+
+    * A taker that trades completely is ``filled`` and gets no event of its own
+      beyond its trades. A remainder rests (GTC: ``Accepted``, status ``open`` or
+      ``partially_filled``) or is ``expired``: ``ioc_remainder`` (IOC, market, or
+      the book ran out), ``fok_not_filled`` (FOK, book untouched),
+      ``self_trade_prevented``, or ``funds_exhausted`` (a buy whose ``quote_limit``
+      cannot pay for the next lot it wants, or for resting its remainder at its
+      limit price).
+    * A market buy by quote (``quantity`` None) buys whole lots while
+      ``quote_left // price`` allows; it is ``filled`` once it has bought something
+      and less than one lot's worth is left for the next price (or, when the book
+      runs out, at the last fill price); otherwise ``expired`` (``ioc_remainder``),
+      including when it could not afford a single lot.
+    * ``rejected``: ``post_only_would_take``, ``stop_would_trigger_immediately``.
+      ``cancelled``: ``cancelled_by_user``. Fills are always kept.
     """
 
     __slots__ = (
@@ -500,6 +540,10 @@ class OrderBook:
                     resting += 1
                 _require(total == lvl.total, f"level {lvl.price} total {lvl.total} != {total}")
                 _require(dead == lvl.dead, f"level {lvl.price} dead count {lvl.dead} != {dead}")
+            for key, lvl in side.spare.items():
+                _require(key not in side.levels, "a spare level is also live")
+                _require(lvl.key == key and lvl.total == 0, "spare level not empty")
+                _require(not lvl.orders and lvl.dead == 0, "spare level holds orders")
         bid, ask = self.best_bid(), self.best_ask()
         _require(bid is None or ask is None or bid < ask, f"crossed book: {bid} >= {ask}")
         stops = 0

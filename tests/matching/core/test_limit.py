@@ -32,6 +32,7 @@ def test_resting_orders_and_reads(book):
     assert book.best_bid() == 99 and book.best_ask() == 101
     assert book.depth(10) == ([(99, 8), (98, 2)], [(101, 4), (103, 1)])
     assert book.depth(1) == ([(99, 8)], [(101, 4)])
+    assert book.depth(0) == ([], []) and book.depth(-1) == ([], [])
     assert len(book.book) == 5
     assert book.get(a1.id) is a1 and book.get(999) is None
     assert [o.id for o in book.orders()] == [1, 2, 3, 4, 5]
