@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=60, help="most seconds to wait for the outbox to drain")
     p.add_argument("--max-inflight", type=int, default=256,
                    help="open-loop cap on requests in flight (due requests beyond it are skipped and counted)")
-    p.add_argument("--timeout", type=float, default=10, help="seconds a request may take before the client gives up (reset)")
+    p.add_argument("--timeout", type=float, default=10, help="seconds a request may take before the client gives up")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"], default=None,
                    help="py-spy the web, wallet, engine and worker during the sustained phase: "
