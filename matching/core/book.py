@@ -269,7 +269,7 @@ class OrderBook:
         (L = levels on that side), plus O(1) per trade and O(log L) per level
         emptied; triggered stops cost O(log S) each plus their own matching.
         """
-        if order.status is not PENDING or order.id in self._index:
+        if order.status != PENDING or order.id in self._index:
             raise ValueError(f"order {order.id} was already given to this or another book")
         kind = order.kind
         if kind == LIMIT:
@@ -320,25 +320,16 @@ class OrderBook:
                     return [Accepted(seq, order)]
                 if order.post_only:
                     # It would cross the best opposite price (own orders included).
-                    order.seq = self.seq + 1
-                    events: list = []
-                    self._finish(order, REJECTED, POST_ONLY_WOULD_TAKE, Rejected, events)
-                    return events
+                    return self._reject(order, POST_ONLY_WOULD_TAKE)
             else:
                 self._validate(order)
                 if order.post_only and self._would_take(order):
-                    order.seq = self.seq + 1
-                    events = []
-                    self._finish(order, REJECTED, POST_ONLY_WOULD_TAKE, Rejected, events)
-                    return events
+                    return self._reject(order, POST_ONLY_WOULD_TAKE)
         elif kind == MARKET:
             self._validate(order)
         else:
             self._validate(order)
-            order.seq = self.seq + 1
-            events = []
-            self._place_stop(order, events)
-            return events
+            return self._place_stop(order)
         order.seq = self.seq + 1
         before = self.last_price
         events = self._execute(order, [])
@@ -595,6 +586,13 @@ class OrderBook:
             # Zero is a real hold: e.g. a market buy by quantity into an empty book
             # holds nothing; such a buy simply cannot trade.
             _positive_int(order.quote_limit, "quote_limit", minimum=0)
+
+    def _reject(self, order: Order, reason: str) -> list:
+        """Refuse a new order on entry: its only event is ``Rejected``."""
+        order.seq = self.seq + 1
+        events: list = []
+        self._finish(order, REJECTED, reason, Rejected, events)
+        return events
 
     def _finish(self, order: Order, status: str, reason: str | None, event, events) -> None:
         """Set a terminal (or rejected) status and emit its event."""
@@ -868,16 +866,17 @@ class OrderBook:
             return last >= order.stop_price
         return last <= order.stop_price
 
-    def _place_stop(self, order: Order, events: list) -> None:
+    def _place_stop(self, order: Order) -> list:
+        """Reject a stop whose condition already holds, else keep it untriggered."""
         if self._stop_holds(order):
-            self._finish(order, REJECTED, STOP_WOULD_TRIGGER_IMMEDIATELY, Rejected, events)
-            return
+            return self._reject(order, STOP_WOULD_TRIGGER_IMMEDIATELY)
+        self.seq = seq = self.seq + 1
+        order.seq = seq  # before keying the entry: ties between stops go by seq
         order.status = UNTRIGGERED
         self._stops_of(order.side).add(self._stop_entry(order))
         self._stop_count += 1
         self._index[order.id] = order
-        self.seq += 1
-        events.append(Accepted(self.seq, order))
+        return [Accepted(seq, order)]
 
     def _run_stops(self, events: list) -> None:
         """Trigger every stop whose condition holds, in rounds, until none does.

@@ -450,7 +450,7 @@ class CoreVersusModel(RuleBasedStateMachine):
 
 
 CoreVersusModel.TestCase.settings = settings(
-    max_examples=250,
+    max_examples=400,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -619,3 +619,16 @@ def test_seeded_stress_against_model(stp, seed):
         check_core_invariants(book, {}, events)
     assert book.depth(10**6) == model.depth()
     check_core_invariants(book, orders, [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(cmds=commands, stp=st.sampled_from(STPS))
+def test_deterministic(cmds, stp):
+    """The same command sequence gives the same events and end state."""
+    runs = []
+    for _ in range(2):
+        book = OrderBook(maker_fee=1, taker_fee=2, fee_scale=1000, stp=stp)
+        orders: dict[int, Order] = {}
+        events = [[norm(e) for e in _apply(book, c, i + 1, orders)] for i, c in enumerate(cmds)]
+        runs.append((events, book.depth(10**6), [o.state() for o in orders.values()]))
+    assert runs[0] == runs[1]
