@@ -263,3 +263,20 @@ def test_api_without_redis_placement_is_503(wallet_server, btc_market, auth_clie
     assert Order.objects.count() == 0
     assert response.status_code == 503, response.content
     assert response.json()["error"]["code"] == "engine_unavailable"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG-8: production settings schedule no outbox sweep: CELERY_BEAT_SCHEDULE (exchange/settings.py) "
+    "has only orders.tasks.sweep_orphan_holds, so settlement.tasks.sweep_outbox never runs outside the tests' "
+    "worker settings. A Celery message lost to a Redis restart, or an engine killed between its commit and "
+    "the enqueue (crash point engine.between_commit_and_enqueue), leaves those settlements and hold releases "
+    "pending forever: buyers never get their base, sellers their quote, holds stay held. Fix: add "
+    "{'sweep-outbox': {'task': 'settlement.tasks.sweep_outbox', 'schedule': 30.0}} (with "
+    "SETTLEMENT_SWEEP_GRACE_SECONDS below the schedule's period)",
+)
+def test_production_beat_sweeps_the_settlement_outbox():
+    from django.conf import settings
+
+    scheduled = {entry["task"] for entry in getattr(settings, "CELERY_BEAT_SCHEDULE", {}).values()}
+    assert "settlement.tasks.sweep_outbox" in scheduled
