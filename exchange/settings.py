@@ -142,7 +142,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_THROTTLE_CLASSES": [
         "exchange.api.throttling.AnonIpThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "exchange.api.throttling.UserThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env("THROTTLE_ANON", default="600/min"),
@@ -208,9 +208,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = "UTC"
+# Beat drives the sweeps that make the outbox eventually complete: settlements and
+# releases whose message was lost or whose worker died, holds whose order never appeared.
 CELERY_BEAT_SCHEDULE = {
+    "sweep-outbox": {"task": "settlement.tasks.sweep_outbox", "schedule": 15.0},
     "sweep-orphan-holds": {"task": "orders.tasks.sweep_orphan_holds", "schedule": 60.0},
 }
+SETTLEMENT_SWEEP_GRACE_SECONDS = env.float("SETTLEMENT_SWEEP_GRACE_SECONDS", default=10.0)
 
 # --- Logging -----------------------------------------------------------------
 

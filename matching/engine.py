@@ -170,13 +170,19 @@ class Engine:
             self.cursors[stream] = "0"
 
     def _heartbeat(self) -> None:
+        """Beat for every owned symbol; republish a book snapshot Redis has lost (a restart, a flush)."""
         if not self.books:
             return
         pipe = self.redis.pipeline(transaction=False)
         beat = feed.dumps({"pid": os.getpid(), "at": time.time()})
-        for symbol in self.books:
+        symbols = list(self.books)
+        for symbol in symbols:
             pipe.set(feed.heartbeat_key(symbol), beat, ex=feed.HEARTBEAT_TTL_SECONDS)
-        pipe.execute()
+            pipe.exists(feed.book_key(symbol))
+        replies = pipe.execute()
+        lost = [self.books[symbol] for symbol, present in zip(symbols, replies[1::2], strict=True) if not present]
+        if lost:
+            self._publish_snapshots(lost)
 
     # ------------------------------------------------------------------ input
 

@@ -2,11 +2,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 
 from exchange.api.fields import plain
 from exchange.api.pagination import EnvelopeCursorPagination
-from exchange.api.throttling import OrderPlacementThrottle
+from exchange.api.throttling import OrderPlacementThrottle, UserThrottle
 from orders import selectors, services
 from orders.api import schemas
 from orders.api.serializers import OrderInput, OrderListFilter, OrderOutput, TradeOutput
@@ -25,7 +24,7 @@ class OrderViewSet(viewsets.ViewSet):
 
     def get_throttles(self):
         if self.action == "create":
-            return [UserRateThrottle(), OrderPlacementThrottle()]
+            return [UserThrottle(), OrderPlacementThrottle()]
         return super().get_throttles()
 
     @extend_schema(

@@ -70,9 +70,9 @@ def test_healthz_is_open(client):
 def test_unknown_path_and_wrong_method(wallet):
     response = wallet.get("/v1/nothing")
     assert response.status_code == 404 and error_code(response) == "not_found"
-    response = wallet.get("/v1/holds")
+    response = wallet.post("/v1/totals", "{}")
     assert response.status_code == 405 and error_code(response) == "method_not_allowed"
-    assert response["Allow"] == "POST"
+    assert response["Allow"] == "GET"
 
 
 @pytest.mark.parametrize("body", ["not json", "[1, 2]", "null", '{"key": "k:1", "owner": "user:1", "asset": "USDT", "amount": "1", "extra": 1}'])
