@@ -297,6 +297,26 @@ def balances_match_trades() -> list[str]:
     return [f"{owner} {asset}: has {has}, deposits and settled trades say {expected}" for owner, asset, has, expected in rows]
 
 
+def snapshots_published() -> list[str]:
+    """Quiescent only: every market a live engine owns (its heartbeat is there) has a
+    published book snapshot (what the order book endpoint, the ticker and market-buy holds
+    read); `books_consistent` then compares it with the database."""
+    from exchange.infra import redis_client
+    from matching import feed
+
+    symbols = list(Market.objects.values_list("symbol", flat=True))
+    if not symbols:
+        return []
+    client = redis_client()
+    beats = client.mget([feed.heartbeat_key(symbol) for symbol in symbols])
+    books = client.mget([feed.book_key(symbol) for symbol in symbols])
+    return [
+        f"{symbol}: owned by a live engine but no book snapshot is published"
+        for symbol, beat, book in zip(symbols, beats, books, strict=True)
+        if beat and not book
+    ]
+
+
 def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10, settled: bool | None = None) -> Report:
     """All invariants. `quiescent`: nothing in flight, so the engine's book and the wallet
     must agree with the DB too. `settled` (default: same as `quiescent`): the outbox was
@@ -316,6 +336,7 @@ def check_all(*, quiescent: bool = False, pending_grace_seconds: float = 10, set
     report.add("funds_conserved", funds_conserved())
     if quiescent:
         report.add("books_consistent", books_consistent())
+        report.add("snapshots_published", snapshots_published())
     if settled:
         report.add("outbox_drained", outbox_drained())
         report.add("holds_match_open_orders", holds_match_open_orders())

@@ -779,6 +779,16 @@ class Verdict:
     def ok(self) -> bool:
         return not any(self.problems.values())
 
+    def tolerate(self, known: dict[str, str]) -> dict[str, int]:
+        """Move the problems of known, pinned bugs ({check name: bug}) out of the verdict;
+        returns how many each bug accounted for (a figure)."""
+        moved = {}
+        for name, bug in known.items():
+            found = self.problems.pop(name, [])
+            if found:
+                moved[bug] = moved.get(bug, 0) + len(found)
+        return moved
+
     def count(self, name: str) -> int:
         return len(self.problems.get(name, []))
 
@@ -902,6 +912,11 @@ KNOWN_SERVER_ERRORS: list[tuple[str, str, str]] = [
     # BUG-1..6: fixed in daaff34 (regressions in test_regressions.py).
     ("redis.exceptions.", "check_throttles", "BUG-7 test_regressions.py::test_api_without_redis_*"),
 ]
+# Invariant violations of known, pinned bugs, tolerated (and counted) where a loop can
+# trigger them: {verdict name: bug}.
+KNOWN_INVARIANT_GAPS = {
+    "invariant.snapshots_published": "BUG-9 test_regressions.py::test_book_snapshot_comes_back_after_redis_loses_it",
+}
 _CHAINED = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",

@@ -243,14 +243,12 @@ BUG_7 = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_7)
 def test_api_without_redis_still_serves_reads(btc_market, auth_client, cache_unreachable):
     client = auth_client()
     assert client.get("/api/v1/markets").status_code == 200
     assert client.get("/api/v1/orders").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_7)
 def test_api_without_redis_placement_is_503(wallet_server, btc_market, auth_client, cache_unreachable):
     from orders.models import Order
 
@@ -265,18 +263,30 @@ def test_api_without_redis_placement_is_503(wallet_server, btc_market, auth_clie
     assert response.json()["error"]["code"] == "engine_unavailable"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-8: production settings schedule no outbox sweep: CELERY_BEAT_SCHEDULE (exchange/settings.py) "
-    "has only orders.tasks.sweep_orphan_holds, so settlement.tasks.sweep_outbox never runs outside the tests' "
-    "worker settings. A Celery message lost to a Redis restart, or an engine killed between its commit and "
-    "the enqueue (crash point engine.between_commit_and_enqueue), leaves those settlements and hold releases "
-    "pending forever: buyers never get their base, sellers their quote, holds stay held. Fix: add "
-    "{'sweep-outbox': {'task': 'settlement.tasks.sweep_outbox', 'schedule': 30.0}} (with "
-    "SETTLEMENT_SWEEP_GRACE_SECONDS below the schedule's period)",
-)
 def test_production_beat_sweeps_the_settlement_outbox():
     from django.conf import settings
 
     scheduled = {entry["task"] for entry in getattr(settings, "CELERY_BEAT_SCHEDULE", {}).values()}
     assert "settlement.tasks.sweep_outbox" in scheduled
+
+
+def test_book_snapshot_comes_back_after_redis_loses_it(wallet_server, btc_market, engines, auth_client):
+    import time as _time
+
+    from exchange.infra import redis_client
+
+    engines.spawn()
+    engines.wait_live()
+    seller, buyer = auth_client(), auth_client()
+    harness.fund(seller.user, "BTC", "1")
+    harness.fund(buyer.user, "USDT", "1000")
+    sell = {"symbol": "BTC-USDT", "side": "sell", "type": "limit", "price": "100.00", "quantity": "1.000"}
+    assert seller.post("/api/v1/orders", sell, format="json").status_code == 201
+    redis_client().flushdb()  # Redis restarted empty
+    harness.wait_for(lambda: engines.owner_pid("BTC-USDT") == engines.current.pid, timeout=10, what="heartbeat back")
+    _time.sleep(1.5)
+    book = seller.get("/api/v1/orderbook/BTC-USDT").json()["data"]
+    assert book["asks"] == [["100.00", "1.000"]]
+    buy = {"symbol": "BTC-USDT", "side": "buy", "type": "market", "quantity": "0.500"}
+    response = buyer.post("/api/v1/orders", buy, format="json")
+    assert response.json()["data"]["order"]["status"] == "filled", response.content
