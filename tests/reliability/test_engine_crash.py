@@ -9,7 +9,9 @@ against the database, with all the invariants.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -29,6 +31,22 @@ CRASH_POINTS = (
 )
 
 
+def _restart(engines, arm, next_mode: str, deaths: Counter, *, cold: bool = False):
+    """A new engine (armed for the next planned death), once it owns the symbol. An armed
+    engine may die at its crash point before its first heartbeat (its first batch is the
+    backlog): that is one more death of that kind; another is started."""
+    incarnation = engines.spawn(crash_points=arm(next_mode), cold=cold)
+    while True:
+        try:
+            engines.wait_live(incarnation, timeout=60)
+            return incarnation
+        except RuntimeError:
+            if next_mode not in CRASH_POINTS or incarnation.crash_point_hit() != next_mode:
+                raise
+            deaths[next_mode] += 1
+            incarnation = engines.spawn(crash_points=arm(next_mode))
+
+
 def _dead_letters() -> int:
     from exchange.infra import redis_client
     from matching import feed
@@ -42,9 +60,10 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
     settle = harness.settlement_available()
     if settle:
         request.getfixturevalue("worker")
-    # The plan: each named crash point several times, random external kills, a few cold restarts.
+    # The plan: each named crash point several times, random external kills, a few cold
+    # restarts, kills of an owner with a standby waiting, and pauses (SIGSTOP) of the owner.
     plan = [point for point in CRASH_POINTS for _ in range(scale(2, 15))]
-    plan += ["kill"] * scale(11, 130) + ["cold"] * scale(2, 10)
+    plan += ["kill"] * scale(9, 110) + ["cold"] * scale(2, 10) + ["standby"] * scale(2, 20) + ["pause"] * scale(2, 10)
     rng.shuffle(plan)
 
     def arm(mode: str) -> dict | None:
@@ -55,12 +74,43 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
     journal = Journal()
     load = Load(traders(4), journal, seed=seed, threads_per_trader=2).start()
     verdict = harness.Verdict()
-    recoveries: dict[str, list[float]] = {"warm": [], "cold": []}
+    recoveries: dict[str, list[float]] = {"warm": [], "cold": [], "standby": []}
     deaths: Counter = Counter()
     unexpected: list[str] = []
     downtimes: list[float] = []
+    pauses: list[float] = []
     try:
         for n, mode in enumerate(plan):
+            next_mode = plan[n + 1] if n + 1 < len(plan) else "final"
+            if mode == "pause":
+                # A stalled owner (GC pause, overloaded host): it must simply carry on.
+                time.sleep(rng.uniform(0.05, 0.5))
+                pause = rng.uniform(0.5, 4.0)
+                os.killpg(incarnation.pid, signal.SIGSTOP)
+                time.sleep(pause)
+                os.killpg(incarnation.pid, signal.SIGCONT)
+                pauses.append(pause)
+                if next_mode in CRASH_POINTS:  # the next death needs an armed engine
+                    engines.kill(incarnation)
+                    deaths["kill -9"] += 1
+                    died_at = incarnation.exited_at or time.monotonic()
+                    incarnation = _restart(engines, arm, next_mode, deaths)
+                    recoveries["warm"].append(time.monotonic() - died_at)
+                continue
+            if mode == "standby":
+                # A second engine for the symbol must stand by (one owner per symbol) and
+                # take over when the owner dies.
+                standby = engines.spawn(crash_points=arm(next_mode))
+                time.sleep(rng.uniform(0.5, 1.5))
+                if engines.owner_pid("BTC-USDT") != incarnation.pid or not engines.alive(standby):
+                    unexpected.append(f"standby {standby.pid} took the symbol from live owner {incarnation.pid} or died:\n{standby.logs()[-2000:]}")
+                engines.kill(incarnation)
+                deaths["kill -9 (standby waiting)"] += 1
+                died_at = incarnation.exited_at or time.monotonic()
+                incarnation = standby
+                engines.wait_live(incarnation, timeout=60)
+                recoveries["standby"].append(time.monotonic() - died_at)
+                continue
             if mode in CRASH_POINTS:
                 code = engines.wait_exit(incarnation, timeout=30)
                 if code is None:  # never reached under this load: kill it instead
@@ -85,27 +135,15 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
                 time.sleep(downtime)
                 downtimes.append(downtime)
                 stayed_down = True
-            next_mode = plan[n + 1] if n + 1 < len(plan) else "final"
             cold = mode == "cold"
-            incarnation = engines.spawn(crash_points=arm(next_mode), cold=cold)
-            recover_from = incarnation.started if stayed_down else died_at
-            while True:
-                try:
-                    engines.wait_live(incarnation, timeout=60)
-                    break
-                except RuntimeError:
-                    # An armed engine may die at its crash point before its first heartbeat
-                    # (its first batch is the backlog): one more death; start another.
-                    if next_mode not in CRASH_POINTS or incarnation.crash_point_hit() != next_mode:
-                        raise
-                    deaths[next_mode] += 1
-                    incarnation = engines.spawn(crash_points=arm(next_mode))
+            incarnation = _restart(engines, arm, next_mode, deaths, cold=cold)
             # Recovery: from the death (or the restart, after a deliberate downtime) until
             # the new engine owns the symbol, its book rebuilt.
+            recover_from = incarnation.started if stayed_down else died_at
             recoveries["cold" if cold else "warm"].append(time.monotonic() - recover_from)
             if n % 5 == 4:
                 harness.check_invariants(quiescent=False, verdict=verdict, pending_grace_seconds=60)
-                harness.log(f"{n + 1}/{len(plan)} deaths, {len(journal.outcomes)} requests, recovery max {max(recoveries['warm'], default=0):.2f}s")
+                harness.log(f"{n + 1}/{len(plan)} events, {len(journal.outcomes)} requests, recovery max {max(recoveries['warm'], default=0):.2f}s")
     finally:
         load.stop()
     assert not load.errors, load.errors
@@ -136,6 +174,8 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
             "recovery max, warm restart (s)": round(max(warm), 3),
             "recovery p50, warm restart (s)": round(statistics.median(warm), 3),
             "recovery max, cold start (s)": round(max(recoveries["cold"]), 3) if recoveries["cold"] else None,
+            "standby takeover max (s)": round(max(recoveries["standby"]), 3) if recoveries["standby"] else None,
+            "owner paused (SIGSTOP) n, max s": f"{len(pauses)}, {max(pauses, default=0):.2f}",
             "deliberate downtimes (n, max s)": f"{len(downtimes)}, {max(downtimes, default=0):.2f}",
             "orders placed / accepted": f"{verdict.figures['placed']} / {verdict.figures['accepted']}",
             "answered 202 / 503 / no answer": f"{verdict.figures['answered_202']} / {verdict.figures['answered_503']} / {verdict.figures['unanswered']}",
