@@ -619,26 +619,12 @@ class OrderBook:
 
     def _rest_or_expire(self, order: Order, left: int | None, events: list) -> None:
         """Rest a GTC remainder, unless its hold cannot pay for it at its price."""
-        price = order.price
-        remaining = order.remaining
-        if left is not None and price * remaining > left:
+        if left is not None and order.price * order.remaining > left:
             # Resting would let it buy more than its hold as a maker.
             self._finish(order, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
             return
         order.status = PARTIALLY_FILLED if order.filled else OPEN
-        # _rest(), inlined: this is half of all commands.
-        if order.side == BUY:
-            side = self._bids
-            lvl = side.levels.get(-price)
-        else:
-            side = self._asks
-            lvl = side.levels.get(price)
-        if lvl is None:
-            lvl = side.add_level(price)
-        lvl.orders.append(order)
-        lvl.total += remaining
-        self._index[order.id] = order
-        self._touched.add(lvl)
+        self._rest(order)
         self.seq = seq = self.seq + 1
         events.append(Accepted(seq, order))
 
