@@ -24,6 +24,8 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## run: web, wallet, engine, worker and beat under one supervisor (Ctrl-C stops them all)
+# A development run: DEBUG on (so the dev secret key is accepted) unless the caller says otherwise.
+run: export DEBUG := $(or $(DEBUG),true)
 run: install
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py collectstatic --noinput -v0
@@ -35,7 +37,7 @@ run: install
 	@echo "  metrics  : http://127.0.0.1:$(PORT)/metrics"
 	@echo "  ready?   : http://127.0.0.1:$(PORT)/readyz"
 	@echo ""
-	DEBUG=$${DEBUG:-true} WEB_PORT=$(PORT) WALLET_PORT=$(WALLET_PORT) \
+	PATH="$(CURDIR)/$(BIN):$$PATH" WEB_PORT=$(PORT) WALLET_PORT=$(WALLET_PORT) \
 	  WALLET_URL=$${WALLET_URL:-http://127.0.0.1:$(WALLET_PORT)} $(BIN)/honcho -f Procfile start
 
 ## test: lint and the whole suite (real PostgreSQL and Redis; embedded ones when the URLs are unset)
@@ -50,8 +52,12 @@ test-smoke: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 
+## benchmarks (each prints one JSON object last)
 bench-core: install
 	$(BIN)/python -m matching.bench
+
+bench-engine: install-dev
+	$(BIN)/python -m matching.bench_engine
 
 stop-embedded: install
 	$(BIN)/python -m exchange.embedded stop
