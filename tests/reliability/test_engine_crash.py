@@ -152,7 +152,7 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
     # the worker drains the outbox.
     assert engines.alive() and not engines.current.crash_points
     quiet_seconds = harness.wait_engine_quiet(timeout=60)
-    drain_seconds = harness.wait_outbox_drained(timeout=120) if settle else None
+    drain_seconds = harness.wait_outbox_drained(timeout=scale(120, 900)) if settle else None
 
     outcome_verdict = harness.check_outcomes(journal)
     verdict.figures.update(outcome_verdict.figures)

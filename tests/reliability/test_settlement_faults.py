@@ -53,7 +53,7 @@ def test_settlement_faults(wallet_server, btc_market, engines, web, traders, sta
         WALLET_URL=proxy.url,
         WALLET_TIMEOUT_SECONDS=client_timeout,
         SETTLEMENT_MAX_ATTEMPTS=25,  # transient faults alone must not dead-letter a trade
-        SETTLEMENT_BATCH_SIZE=2,  # many small wallet calls: many faults
+        SETTLEMENT_BATCH_SIZE=3,  # many small wallet calls: many faults
         EXCHANGE_CRASH_POINTS=crash_spec,
     )
     worker = harness.Supervised(lambda: harness.start_worker(project_processes, env=env))
@@ -76,10 +76,10 @@ def test_settlement_faults(wallet_server, btc_market, engines, web, traders, sta
         engines.spawn()
         engines.wait_live()
         journal = Journal()
-        load = Load(traders(4), journal, seed=seed, threads_per_trader=2).start()
+        load = Load(traders(4), journal, seed=seed, threads_per_trader=2, pause=scale(0.0, 0.05)).start()
         wanted = scale(5, 100)
         started = time.monotonic()
-        min_seconds, deadline = scale(20, 300), started + scale(150, 3000)
+        min_seconds, deadline = scale(15, 300), started + scale(150, 3000)
         try:
             while (len(kills) < wanted or time.monotonic() < started + min_seconds) and time.monotonic() < deadline:
                 # Let the restarted worker work a while under the wallet's faults, then
@@ -98,7 +98,7 @@ def test_settlement_faults(wallet_server, btc_market, engines, web, traders, sta
 
         harness.wait_engine_quiet(timeout=60)
         proxy.faulty = False  # faults end; the poisoned trades stay refused
-        drain_seconds = harness.wait_outbox_drained(timeout=180)
+        drain_seconds = harness.wait_outbox_drained(timeout=scale(180, 1200))
 
         trades = set(Trade.objects.values_list("id", flat=True))
         expected_dead = {t for t in trades if t % POISON_MODULUS == 0}
