@@ -278,6 +278,7 @@ class Phases:
     def __init__(self, meter: CpuMeter, drain_timeout: float) -> None:
         self.meter = meter
         self.drain_timeout = drain_timeout
+        self.other_cpu: dict | None = None  # CPU of the unmeasured slices of `run_slices`
 
     async def run(self, drive, *, offered: float | None = None, drain: bool = True) -> dict:
         from django.utils import timezone
@@ -306,18 +307,24 @@ class Phases:
         over the whole span (nothing else creates orders meanwhile) per slice second."""
         from django.utils import timezone
 
-        since = timezone.now()
-        totals: dict = {"by_role_seconds": {}, "machine_busy_seconds": 0.0, "machine_seconds": 0.0, "others_seconds": 0.0}
-        for other, measured in zip(others, slices, strict=True):
-            await other()
-            self.meter.start()
-            await measured()
-            cpu = self.meter.stop()
+        def add(totals: dict, cpu: dict) -> None:
             for role, seconds in cpu["by_role_seconds"].items():
                 totals["by_role_seconds"][role] = totals["by_role_seconds"].get(role, 0.0) + seconds
             for key in ("machine_busy_seconds", "machine_seconds", "others_seconds"):
                 totals[key] += cpu[key]
+
+        since = timezone.now()
+        zero = {"by_role_seconds": {}, "machine_busy_seconds": 0.0, "machine_seconds": 0.0, "others_seconds": 0.0}
+        totals, other_totals = dict(zero, by_role_seconds={}), dict(zero, by_role_seconds={})
+        for other, measured in zip(others, slices, strict=True):
+            self.meter.start()
+            await other()
+            add(other_totals, self.meter.stop())
+            self.meter.start()
+            await measured()
+            add(totals, self.meter.stop())
         until = timezone.now()
+        self.other_cpu = other_totals
         summary = phase_summary(rec)
         ok, waited, state = await asyncio.to_thread(wait_quiescent, self.drain_timeout)
         log(f"  drained in {waited:.1f}s" if ok else f"  not drained after {waited:.0f}s: {state}")
@@ -372,6 +379,14 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
         bare_client.close()
         stack.stop_bare()
         result["bare"] = phase_summary(bare)
+        if phases.other_cpu is not None:  # what a bare request costs, whatever else ran on the box
+            served = bare.count(BARE)
+            cpu = phases.other_cpu
+            result["bare"]["cpu"] = {
+                "ms_per_request": {role: round(1000 * sec / served, 3) for role, sec in sorted(cpu["by_role_seconds"].items()) if sec > 0.005},
+                "machine_busy_pct": round(100 * cpu["machine_busy_seconds"] / max(cpu["machine_seconds"], 1e-9), 1),
+                "others_busy_seconds": round(cpu["others_seconds"], 1),
+            }
         log(f"  bare: {result['bare']['requests_per_sec']:.0f} req/s, p99 {result['bare']['latency_ms'][BARE]['p99_ms']} ms")
 
     if args.step:
@@ -509,6 +524,13 @@ def headline(args, result: dict) -> dict:
     else:
         head["capacity_orders_per_sec"] = result.get("capacity", {}).get("orders_per_sec")
         head["sustained_ratio_to_bare"] = round(orders / bare_rps, 4) if bare_rps else None
+        # The same ratio in CPU (immune to what else runs on the box): server CPU of a bare
+        # request over the whole exchange's CPU per order placed (the load generator left out).
+        bare_ms = ((result["bare"].get("cpu") or {}).get("ms_per_request") or {}).get("bare")
+        order_ms = {k: v for k, v in ((result.get("capacity") or {}).get("cpu") or {}).get("ms_per_order", {}).items() if k != "loadgen"}
+        head["bare_cpu_ms_per_request"] = bare_ms
+        head["capacity_cpu_ms_per_order"] = round(sum(order_ms.values()), 2) if order_ms else None
+        head["cpu_ratio_to_bare"] = round(bare_ms / sum(order_ms.values()), 4) if bare_ms and order_ms else None
     head["targets_met"] = {
         "orders_per_sec>=350": orders >= TARGETS["orders_per_sec"],
         "p99_ms<=50": p99 is not None and p99 <= TARGETS["p99_ms"],
@@ -530,7 +552,8 @@ def print_table(args, result: dict, head: dict) -> None:
         "",
         f"exchange bench: {m['nproc']} × {m['cpu']}, Python {m['python']}, load average at start {m['loadavg']}",
         f"bare DRF endpoint: {bare['requests_per_sec']:.0f} req/s, p50 {bare['latency_ms'][BARE]['p50_ms']} ms, "
-        f"p99 {bare['latency_ms'][BARE]['p99_ms']} ms ({args.concurrency} clients back to back, {args.web_workers} sync workers)",
+        f"p99 {bare['latency_ms'][BARE]['p99_ms']} ms ({args.concurrency} clients back to back, {args.web_workers} sync workers)"
+        + ("; CPU ms per request: " + ", ".join(f"{r} {ms}" for r, ms in bare["cpu"]["ms_per_request"].items()) if bare.get("cpu") else ""),
     ]
     if args.step:
         phases = [(f"step {s['offered_orders_per_sec']:.0f}/s", s) for s in result.get("steps", [])]
@@ -573,7 +596,7 @@ def print_table(args, result: dict, head: dict) -> None:
     out += [
         "",
         "invariants: " + ("all hold" if inv["ok"] else "BROKEN " + json.dumps(inv["examples"])),
-        f"ratio to bare: {head['ratio_to_bare']}; targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in head["targets_met"].items()),
+        f"ratio to bare: {head['ratio_to_bare']} (in CPU: {head.get('cpu_ratio_to_bare')}); targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in head["targets_met"].items()),
     ]
     print("\n".join(out), flush=True)
 
