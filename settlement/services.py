@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
@@ -56,7 +57,7 @@ def _setting(name: str, default):
 
 def batch_size() -> int:
     """Operations per wallet call (and ids per task message)."""
-    return int(_setting("SETTLEMENT_BATCH_SIZE", 50))
+    return int(_setting("SETTLEMENT_BATCH_SIZE", 200))
 
 
 def max_attempts() -> int:
@@ -302,7 +303,14 @@ def _apply(operations: list[dict]) -> tuple[dict[str, object] | None, Exception 
     try:
         results = _wallet().apply(operations)
     except Exception as exc:  # classified by the caller; nothing here may lose a row
-        if not isinstance(exc, DomainError):
+        if isinstance(exc, DomainError):
+            logger.warning(
+                "settlement: wallet call for %d operations failed: %s %s",
+                len(operations),
+                exc.code,
+                exc.message,
+            )
+        else:
             logger.exception("settlement: unexpected error calling the wallet")
         return None, exc
     return {result.key: result for result in results}, None
@@ -319,24 +327,24 @@ def _unique(ids: Iterable[int] | None) -> list[int]:
 
 # --- settlements ------------------------------------------------------------------------
 
-_CLAIM_SETTLEMENTS_SQL = """
-WITH mine AS (
+# Claim = lock the due rows (skipping any another worker holds), move their lease
+# ahead, count the attempt, and read the trade's terms: one statement. Either by id
+# (the task's own rows) or, to top up a batch, any due rows, oldest first.
+_CLAIM_BY_ID = """
     SELECT trade_id FROM settlement_settlement
      WHERE trade_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
        AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-     ORDER BY trade_id
-     LIMIT %(limit)s
+     ORDER BY trade_id LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), more AS (
+"""
+_CLAIM_DUE = """
     SELECT trade_id FROM settlement_settlement
-     WHERE %(top_up)s AND status = 'pending' AND next_attempt_at <= now()
-       AND trade_id NOT IN (SELECT trade_id FROM mine)
-     ORDER BY next_attempt_at
-     LIMIT GREATEST(0, %(limit)s - (SELECT count(*) FROM mine))
+     WHERE status = 'pending' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT trade_id FROM mine UNION ALL SELECT trade_id FROM more
-)
+"""
+_CLAIM_SETTLEMENTS_SQL = """
+WITH due AS ({due})
 UPDATE settlement_settlement AS s
    SET attempts = s.attempts + 1,
        next_attempt_at = now() + make_interval(secs => %(lease)s)
@@ -348,6 +356,8 @@ RETURNING s.trade_id, s.attempts, t.buyer_id, t.seller_id,
           m.base_asset, m.quote_asset, t.quantity, t.quote_quantity, t.buyer_fee, t.seller_fee,
           t.created_at
 """
+_CLAIM_SETTLEMENTS_BY_ID_SQL = _CLAIM_SETTLEMENTS_SQL.format(due=_CLAIM_BY_ID)
+_CLAIM_SETTLEMENTS_DUE_SQL = _CLAIM_SETTLEMENTS_SQL.format(due=_CLAIM_DUE)
 
 # One statement: new states (only rows still pending; a non-final outcome only if no
 # later claim superseded ours) and one history line per attempt.
@@ -376,15 +386,36 @@ SELECT trade_id, status FROM u
 """
 
 
+@contextmanager
+def _bookkeeping():
+    """A transaction for the outbox's own rows, committed without waiting for the WAL flush.
+
+    Safe because every write here can be lost and replayed: a lost claim or mark
+    leaves the row pending (or leased), so it is claimed again and the wallet, the
+    system of record for money, answers `duplicate` for what it already applied.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield cursor
+
+
 def _claim_settlements(
     cursor, *, ids: list[int], limit: int, top_up: bool
 ) -> list[tuple[int, TradeTerms]]:
-    cursor.execute(
-        _CLAIM_SETTLEMENTS_SQL,
-        {"ids": ids, "limit": limit, "top_up": top_up, "lease": lease_seconds()},
-    )
+    """Claim up to `limit` due rows among `ids`, then (with `top_up`) other due rows to fill the batch."""
+    rows = []
+    if ids:
+        cursor.execute(
+            _CLAIM_SETTLEMENTS_BY_ID_SQL, {"ids": ids, "limit": limit, "lease": lease_seconds()}
+        )
+        rows = cursor.fetchall()
+    if top_up and len(rows) < limit:
+        cursor.execute(
+            _CLAIM_SETTLEMENTS_DUE_SQL, {"limit": limit - len(rows), "lease": lease_seconds()}
+        )
+        rows += cursor.fetchall()
     claimed = []
-    for row in cursor.fetchall():
+    for row in rows:
         trade_id, attempt, *terms = row
         claimed.append((attempt, TradeTerms(trade_id, *terms)))
     return claimed
@@ -406,7 +437,7 @@ def settlements_process(
     report = ProcessReport()
     size = batch_size()
     for chunk in _chunks(_unique(trade_ids), size):
-        with connection.cursor() as cursor:
+        with _bookkeeping() as cursor:
             claimed = _claim_settlements(cursor, ids=chunk, limit=size, top_up=top_up)
         if claimed:
             _settle_claimed(claimed, report, actor=actor)
@@ -416,7 +447,6 @@ def settlements_process(
 def _settle_claimed(
     claimed: list[tuple[int, TradeTerms]], report: ProcessReport, *, actor: str
 ) -> None:
-    now = timezone.now()
     report.claimed += len(claimed)
     marks: dict[int, _Mark] = {}
     operations: list[dict] = []
@@ -441,6 +471,7 @@ def _settle_claimed(
         with metrics.WALLET_CALL_SECONDS.time():
             results, error = _apply(operations)
         crash_point("settlement.after_wallet_before_mark")
+        now = timezone.now()  # backoff counts from the end of the call (it may have timed out)
         for attempt, terms in sent:
             marks[terms.trade_id] = _settlement_mark(terms.trade_id, attempt, results, error, now)
     updated = _mark_settlements(list(marks.values()), actor=actor)
@@ -485,7 +516,7 @@ def _mark_settlements(marks: list[_Mark], *, actor: str) -> dict[int, str]:
         return {}
     params = _mark_params(marks)
     params["actor"] = actor
-    with connection.cursor() as cursor:
+    with _bookkeeping() as cursor:
         cursor.execute(_MARK_SETTLEMENTS_SQL, params)
         return dict(cursor.fetchall())
 
@@ -536,23 +567,7 @@ def _record(
 # --- hold releases -----------------------------------------------------------------------
 
 _CLAIM_RELEASES_SQL = """
-WITH mine AS (
-    SELECT order_id FROM settlement_holdrelease
-     WHERE order_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
-       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-     ORDER BY order_id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), more AS (
-    SELECT order_id FROM settlement_holdrelease
-     WHERE %(top_up)s AND status = 'pending' AND next_attempt_at <= now()
-       AND order_id NOT IN (SELECT order_id FROM mine)
-     ORDER BY next_attempt_at
-     LIMIT GREATEST(0, %(limit)s - (SELECT count(*) FROM mine))
-       FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT order_id FROM mine UNION ALL SELECT order_id FROM more
-)
+WITH due AS ({due})
 UPDATE settlement_holdrelease AS r
    SET attempts = r.attempts + 1,
        next_attempt_at = now() + make_interval(secs => %(lease)s)
@@ -560,6 +575,16 @@ UPDATE settlement_holdrelease AS r
  WHERE r.order_id = due.order_id
 RETURNING r.order_id, r.attempts, r.amount
 """
+_CLAIM_RELEASES_BY_ID_SQL = _CLAIM_RELEASES_SQL.format(
+    due=_CLAIM_BY_ID.replace("trade_id", "order_id").replace(
+        "settlement_settlement", "settlement_holdrelease"
+    )
+)
+_CLAIM_RELEASES_DUE_SQL = _CLAIM_RELEASES_SQL.format(
+    due=_CLAIM_DUE.replace("trade_id", "order_id").replace(
+        "settlement_settlement", "settlement_holdrelease"
+    )
+)
 
 _MARK_RELEASES_SQL = """
 WITH v AS (
@@ -598,19 +623,26 @@ def releases_process(*, order_ids: Sequence[int], top_up: bool | None = None) ->
     report = ProcessReport()
     size = batch_size()
     for chunk in _chunks(_unique(order_ids), size):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _CLAIM_RELEASES_SQL,
-                {"ids": chunk, "limit": size, "top_up": top_up, "lease": lease_seconds()},
-            )
-            claimed = cursor.fetchall()
+        with _bookkeeping() as cursor:
+            claimed = []
+            if chunk:
+                cursor.execute(
+                    _CLAIM_RELEASES_BY_ID_SQL,
+                    {"ids": chunk, "limit": size, "lease": lease_seconds()},
+                )
+                claimed = cursor.fetchall()
+            if top_up and len(claimed) < size:
+                cursor.execute(
+                    _CLAIM_RELEASES_DUE_SQL,
+                    {"limit": size - len(claimed), "lease": lease_seconds()},
+                )
+                claimed += cursor.fetchall()
         if claimed:
             _release_claimed(claimed, report)
     return report
 
 
 def _release_claimed(claimed: list[tuple[int, int, Decimal]], report: ProcessReport) -> None:
-    now = timezone.now()
     report.claimed += len(claimed)
     operations = [
         release_operation(order_id=order_id, amount=amount) for order_id, _, amount in claimed
@@ -619,6 +651,7 @@ def _release_claimed(claimed: list[tuple[int, int, Decimal]], report: ProcessRep
     with metrics.WALLET_CALL_SECONDS.time():
         results, error = _apply(operations)
     crash_point("settlement.release_after_wallet_before_mark")
+    now = timezone.now()
     marks: dict[int, _Mark] = {}
     for order_id, attempt, _ in claimed:
         key = f"release:order:{order_id}"
@@ -649,7 +682,7 @@ def _release_claimed(claimed: list[tuple[int, int, Decimal]], report: ProcessRep
                 now=now,
                 final_status="failed",
             )
-    with connection.cursor() as cursor:
+    with _bookkeeping() as cursor:
         cursor.execute(_MARK_RELEASES_SQL, _mark_params(list(marks.values())))
         updated = dict(cursor.fetchall())
     _record(report, marks, updated, {}, kind="hold_release")

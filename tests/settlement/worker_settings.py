@@ -5,6 +5,8 @@ import os
 
 from exchange.settings_test import *  # noqa: F403
 
+# The tests' private broker (the test settings would pick a database of the shared one).
+CELERY_BROKER_URL = os.environ.get("SETTLEMENT_TEST_BROKER_URL") or CELERY_BROKER_URL  # noqa: F405
 SETTLEMENT_QUEUE = os.environ.get("SETTLEMENT_QUEUE") or None
 SETTLEMENT_MAX_ATTEMPTS = int(os.environ.get("SETTLEMENT_MAX_ATTEMPTS", "5"))
 SETTLEMENT_BACKOFF_BASE_SECONDS = float(os.environ.get("SETTLEMENT_BACKOFF_BASE_SECONDS", "0.2"))
