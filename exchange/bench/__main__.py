@@ -300,7 +300,6 @@ class Phases:
         summary["window"] = [since.isoformat(), until.isoformat()]
         return summary
 
-
     async def run_slices(self, others, slices, rec: Recorder) -> dict:
         """Measured slices (`slices`, each after one of `others`, which are not measured
         here): client figures accumulate in `rec`, CPU only over the slices, server figures
@@ -389,9 +388,14 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
             }
         log(f"  bare: {result['bare']['requests_per_sec']:.0f} req/s, p99 {result['bare']['latency_ms'][BARE]['p99_ms']} ms")
 
+    async def bare_alone(seconds: float) -> None:
+        phases.meter.start()
+        await bare_slice(seconds)
+        phases.other_cpu = phases.meter.stop()
+
     if args.step:
         log(f"bare: {args.bare_seconds:.0f}s, {args.concurrency} clients back to back on {BARE_PATH}")
-        await bare_slice(args.bare_seconds)
+        await bare_alone(args.bare_seconds)
         finish_bare()
         await run_steps(args, driver, work, phases, result)
         web.close()
@@ -436,7 +440,7 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
             capacity,
         )
     else:
-        await bare_slice(args.bare_seconds)
+        await bare_alone(args.bare_seconds)
     finish_profile(profiler)
     finish_bare()
     if args.capacity_seconds > 0:
