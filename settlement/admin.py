@@ -391,8 +391,11 @@ class HoldReleaseAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
 
+    def get_queryset(self, request):
+        return selectors.holdreleases_for_review()
+
     def get_ordering(self, request):
-        return ("status", "-created_at")
+        return ("review_rank", "-created_at")
 
     def has_add_permission(self, request):
         return False

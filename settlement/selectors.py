@@ -36,6 +36,17 @@ def settlements_for_review() -> QuerySet[Settlement]:
     ).annotate(review_rank=_REVIEW_RANK)
 
 
+def holdreleases_for_review() -> QuerySet[HoldRelease]:
+    """Hold releases with `review_rank` (failed 0, pending 1, done 2), order and user joined."""
+    rank = Case(
+        When(status=HoldRelease.Status.FAILED, then=Value(0)),
+        When(status=HoldRelease.Status.PENDING, then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    return HoldRelease.objects.select_related("order", "order__user").annotate(review_rank=rank)
+
+
 def settlements_filter(
     queryset: QuerySet[Settlement],
     *,

@@ -224,7 +224,13 @@ def test_hold_release_admin_lists_and_retries(
         order=settlement.trade.taker_order, asset="USDT", amount="1.5", status="failed",
         last_error="hold_exceeded: x", last_error_code="hold_exceeded", created_at=timezone.now(),
     )  # fmt: skip
+    done = HoldRelease.objects.create(
+        order=db_trade(status="settled").trade.taker_order, asset="USDT", amount="2", status="done",
+        created_at=timezone.now(),
+    )  # fmt: skip
     url = reverse("admin:settlement_holdrelease_changelist")
+    ordered = [row.order_id for row in admin_client.get(url).context["cl"].result_list]
+    assert ordered == [release.order_id, done.order_id]  # dead letters first
     page = admin_client.get(url, {"status__exact": "failed"}).content.decode()
     assert f"order #{release.order_id}" in page
     detail = admin_client.get(
