@@ -323,12 +323,14 @@ class Engine:
                 touched[event.order.id] = (market_book, event.order)
 
     def _after_commit(self, commands: list[feed.Command], rows: dict, batch: Batch) -> None:
-        replies = self._replies(commands, rows, batch)
+        created_at = batch.trade_rows[0].created_at.isoformat() if batch.trade_rows else None
+        public_trades = [(row, _trade_reply(row, created_at)) for row in batch.trade_rows]
+        replies = self._replies(commands, rows, batch, public_trades)
         pipe = self.redis.pipeline(transaction=False)
         for key, payload in replies:
             pipe.rpush(key, payload)
             pipe.expire(key, feed.REPLY_TTL_SECONDS)
-        self._queue_snapshots(pipe, batch)
+        self._queue_snapshots(pipe, batch, public_trades)
         pipe.execute()
         crash_point("engine.after_reply_before_ack")
         acks: dict[str, list[bytes]] = {}
@@ -350,12 +352,10 @@ class Engine:
         for symbol, count in trades_per_symbol.items():
             metrics.TRADES.labels(symbol).inc(count)
 
-    def _replies(self, commands, rows, batch: Batch) -> list[tuple[str, str]]:
+    def _replies(self, commands, rows, batch: Batch, public_trades) -> list[tuple[str, str]]:
         """Each waiting request gets its order's committed state and the batch's fills of it."""
         fills: dict[int, list[dict]] = {}
-        created_at = batch.trade_rows[0].created_at.isoformat() if batch.trade_rows else None
-        for row in batch.trade_rows:
-            public = _trade_reply(row, created_at)
+        for row, public in public_trades:
             fills.setdefault(row.maker_order_id, []).append(public)
             fills.setdefault(row.taker_order_id, []).append(public)
         out = []
@@ -375,13 +375,17 @@ class Engine:
 
     # ------------------------------------------------------------------ market data
 
-    def _queue_snapshots(self, pipe, batch: Batch) -> None:
+    def _queue_snapshots(self, pipe, batch: Batch, public_trades) -> None:
         for market_book in batch.markets.values():
             if market_book.book.take_touched() or batch.trade_rows:
                 _queue_snapshot(pipe, market_book)
-        for row in batch.trade_rows:
-            market_book = self.by_market_id[row.market_id]
-            pipe.publish(feed.events_channel(market_book.symbol), feed.dumps({"type": "trade", **_trade_reply(row, row.created_at.isoformat())}))
+        # One trades event per market and batch (not one per trade): consumers get the list.
+        trades_by_market: dict[int, list[dict]] = {}
+        for row, public in public_trades:
+            trades_by_market.setdefault(row.market_id, []).append(public)
+        for market_id, trades in trades_by_market.items():
+            symbol = self.by_market_id[market_id].symbol
+            pipe.publish(feed.events_channel(symbol), feed.dumps({"type": "trades", "trades": trades}))
 
     def _publish_snapshots(self, market_books) -> None:
         pipe = self.redis.pipeline(transaction=False)
