@@ -330,12 +330,22 @@ def _unique(ids: Iterable[int] | None) -> list[int]:
 # Claim = lock the due rows (skipping any another worker holds), move their lease
 # ahead, count the attempt, and read the trade's terms: one statement. Either by id
 # (the task's own rows) or, to top up a batch, any due rows, oldest first.
+#
+# Rows named by id are reached through the primary key only, and their status is
+# checked once they are locked (outside the scan): a `status = 'pending'` condition on
+# the table would let the planner pick the partial index of pending rows, and with
+# statistics taken while the queue was empty it would then read the whole backlog
+# for every batch just when the backlog is deep.
 _CLAIM_BY_ID = """
-    SELECT trade_id FROM settlement_settlement
-     WHERE trade_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
-       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-     ORDER BY trade_id LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
+    WITH locked AS MATERIALIZED (
+        SELECT trade_id, status, next_attempt_at FROM settlement_settlement
+         WHERE trade_id = ANY(%(ids)s::bigint[])
+         ORDER BY trade_id
+           FOR UPDATE SKIP LOCKED
+    )
+    SELECT trade_id FROM locked
+     WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+     LIMIT %(limit)s
 """
 _CLAIM_DUE = """
     SELECT trade_id FROM settlement_settlement
@@ -360,23 +370,31 @@ _CLAIM_SETTLEMENTS_BY_ID_SQL = _CLAIM_SETTLEMENTS_SQL.format(due=_CLAIM_BY_ID)
 _CLAIM_SETTLEMENTS_DUE_SQL = _CLAIM_SETTLEMENTS_SQL.format(due=_CLAIM_DUE)
 
 # One statement: new states (only rows still pending; a non-final outcome only if no
-# later claim superseded ours) and one history line per attempt.
+# later claim superseded ours, judged on the locked rows) and one history line per
+# attempt. Rows are reached by primary key only (see the claim).
 _MARK_SETTLEMENTS_SQL = """
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
                          %(next_at)s::timestamptz[], %(errors)s::text[], %(codes)s::text[],
                          %(outcomes)s::text[])
         AS v(trade_id, attempt, status, next_at, error, code, outcome)
+), cur AS (
+    SELECT trade_id, status, attempts FROM settlement_settlement
+     WHERE trade_id = ANY(%(ids)s::bigint[])
+     ORDER BY trade_id
+       FOR UPDATE
+), ok AS (
+    SELECT v.* FROM v JOIN cur ON cur.trade_id = v.trade_id
+     WHERE cur.status = 'pending' AND (v.status = 'settled' OR cur.attempts = v.attempt)
 ), u AS (
     UPDATE settlement_settlement AS s
-       SET status = v.status,
-           next_attempt_at = v.next_at,
-           last_error = CASE WHEN v.error = '' THEN s.last_error ELSE v.error END,
-           last_error_code = CASE WHEN v.error = '' THEN s.last_error_code ELSE v.code END,
-           settled_at = CASE WHEN v.status = 'settled' THEN now() ELSE s.settled_at END
-      FROM v
-     WHERE s.trade_id = v.trade_id AND s.status = 'pending'
-       AND (v.status = 'settled' OR s.attempts = v.attempt)
+       SET status = ok.status,
+           next_attempt_at = ok.next_at,
+           last_error = CASE WHEN ok.error = '' THEN s.last_error ELSE ok.error END,
+           last_error_code = CASE WHEN ok.error = '' THEN s.last_error_code ELSE ok.code END,
+           settled_at = CASE WHEN ok.status = 'settled' THEN now() ELSE s.settled_at END
+      FROM ok
+     WHERE s.trade_id = ok.trade_id
     RETURNING s.trade_id, s.status
 ), h AS (
     INSERT INTO settlement_settlementattempt (settlement_id, at, outcome, error, actor, attempt)
@@ -592,16 +610,23 @@ WITH v AS (
                          %(next_at)s::timestamptz[], %(errors)s::text[], %(codes)s::text[],
                          %(outcomes)s::text[])
         AS v(order_id, attempt, status, next_at, error, code, outcome)
+), cur AS (
+    SELECT order_id, status, attempts FROM settlement_holdrelease
+     WHERE order_id = ANY(%(ids)s::bigint[])
+     ORDER BY order_id
+       FOR UPDATE
+), ok AS (
+    SELECT v.* FROM v JOIN cur ON cur.order_id = v.order_id
+     WHERE cur.status = 'pending' AND (v.status = 'done' OR cur.attempts = v.attempt)
 )
 UPDATE settlement_holdrelease AS r
-   SET status = v.status,
-       next_attempt_at = v.next_at,
-       last_error = CASE WHEN v.error = '' THEN r.last_error ELSE v.error END,
-       last_error_code = CASE WHEN v.error = '' THEN r.last_error_code ELSE v.code END,
-       done_at = CASE WHEN v.status = 'done' THEN now() ELSE r.done_at END
-  FROM v
- WHERE r.order_id = v.order_id AND r.status = 'pending'
-   AND (v.status = 'done' OR r.attempts = v.attempt)
+   SET status = ok.status,
+       next_attempt_at = ok.next_at,
+       last_error = CASE WHEN ok.error = '' THEN r.last_error ELSE ok.error END,
+       last_error_code = CASE WHEN ok.error = '' THEN r.last_error_code ELSE ok.code END,
+       done_at = CASE WHEN ok.status = 'done' THEN now() ELSE r.done_at END
+  FROM ok
+ WHERE r.order_id = ok.order_id
 RETURNING r.order_id, r.status
 """
 
