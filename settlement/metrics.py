@@ -114,6 +114,16 @@ def metrics_registry() -> CollectorRegistry:
     return REGISTRY
 
 
+def warn_if_counters_hidden(pool_cls) -> None:
+    """Pool children keep their own counters: say so unless they are aggregated."""
+    name = getattr(pool_cls, "__module__", "") or ""
+    if name.endswith("prefork") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        logger.warning(
+            "settlement metrics: a prefork pool settles in child processes, whose counters this "
+            "process cannot serve; run the worker with --pool threads, or set PROMETHEUS_MULTIPROC_DIR"
+        )
+
+
 def start_metrics_server(port: int | None = None, addr: str = "0.0.0.0") -> bool:
     """Serve /metrics on `port` (once per process); False if off or the port is taken."""
     global _server_started

@@ -52,7 +52,9 @@ def sweep_outbox() -> dict:
 
 
 @worker_ready.connect
-def _serve_metrics(**kwargs) -> None:
-    from settlement.metrics import start_metrics_server
+def _serve_metrics(sender=None, **kwargs) -> None:
+    from settlement.metrics import start_metrics_server, warn_if_counters_hidden
 
+    controller = getattr(sender, "controller", None)
+    warn_if_counters_hidden(getattr(controller, "pool_cls", None))
     start_metrics_server()
