@@ -357,10 +357,9 @@ async def run_load(args, stack: Stack, traders: list[Trader], result: dict) -> N
         await settle("warm-up")
 
     # -- the anchor: the same gunicorn settings and generator; idle while not driven
-    bare_url = stack.start_bare()
     from exchange.bench.urls import BARE_PATH
 
-    bare_client = HttpClient(host, int(bare_url.rsplit(":", 1)[1]), timeout=args.timeout)
+    bare_client = HttpClient(host, int(stack.bare_url.rsplit(":", 1)[1]), timeout=args.timeout)
     bare_op = Op(BARE, bare_client.get(BARE_PATH))
     bare_driver = Driver(bare_client)
     await bare_driver.closed_loop(lambda: bare_op, args.concurrency, 1.0, Recorder())  # every worker warm

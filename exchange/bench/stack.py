@@ -8,7 +8,7 @@ wallet token, the Procfile's command lines and `exchange/gunicorn.conf.py`):
     engine  manage.py run_matching_engine
     worker  celery -A exchange worker --concurrency 2
     beat    celery -A exchange beat
-    bare    gunicorn exchange.wsgi with exchange.bench.settings (the anchor; on demand)
+    bare    gunicorn exchange.wsgi with exchange.bench.settings (the anchor; idle until driven)
 
 The database is `bench_<pid>`, created on the PostgreSQL server of DATABASE_URL
 (or the embedded one when it is unset), migrated, and dropped at the end. Redis is
@@ -354,29 +354,27 @@ class Stack:
         return env
 
     def start(self, *, log=print) -> None:
-        """wallet, web, engine, worker, beat (the Procfile), each ready before we go on."""
+        """wallet, web, engine, worker, beat (the Procfile), and the bare anchor server
+        (idle until driven), started together, each ready before we go on."""
         started = time.monotonic()
         wallet_port = int(self.wallet_url.rsplit(":", 1)[1])
         web_port = int(self.web_url.rsplit(":", 1)[1])
+        bare_port = free_port()
+        self.bare_url = f"http://127.0.0.1:{bare_port}"
         self._start("wallet", gunicorn_argv(wallet_port, self.web_workers), EXCHANGE_ROLE="wallet")
         self._start("engine", [sys.executable, "manage.py", "run_matching_engine", "--metrics-port", self.env["ENGINE_METRICS_PORT"]])
         self._start("worker", [sys.executable, "-m", "celery", "-A", "exchange", "worker", "--loglevel", "INFO", "--concurrency", "2"])
         self._start("beat", [sys.executable, "-m", "celery", "-A", "exchange", "beat", "--loglevel", "INFO",
                              "--schedule", str(self.log_dir / "celerybeat-schedule")])  # fmt: skip
         self._start("web", gunicorn_argv(web_port, self.web_workers))
+        self._start("bare", gunicorn_argv(bare_port, self.web_workers), DJANGO_SETTINGS_MODULE="exchange.bench.settings")
         wait_http(self.procs["wallet"], f"{self.wallet_url}/healthz")
         # readyz: database, Redis, and a live engine for every enabled market
         wait_http(self.procs["web"], f"{self.web_url}/readyz")
-        log(f"  wallet, web ({self.web_workers} workers each), engine, worker, beat up ({time.monotonic() - started:.1f}s)")
-
-    def start_bare(self) -> str:
-        port = free_port()
-        proc = self._start("bare", gunicorn_argv(port, self.web_workers), DJANGO_SETTINGS_MODULE="exchange.bench.settings")
-        self.bare_url = f"http://127.0.0.1:{port}"
         from exchange.bench.urls import BARE_PATH
 
-        wait_http(proc, self.bare_url + BARE_PATH)
-        return self.bare_url
+        wait_http(self.procs["bare"], self.bare_url + BARE_PATH)
+        log(f"  wallet, web, bare ({self.web_workers} workers each), engine, worker, beat up ({time.monotonic() - started:.1f}s)")
 
     def stop_bare(self) -> None:
         proc = self.procs.pop("bare", None)

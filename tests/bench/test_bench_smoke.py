@@ -17,7 +17,7 @@ HEADLINE = ("orders_per_sec", "p99_ms", "ratio_to_bare", "trades_per_sec", "sett
 def test_short_bench_prints_the_figures_and_the_invariants_hold(tmp_path):
     argv = [
         sys.executable, "-m", "exchange.bench",
-        "--duration", "10", "--rate", "40", "--traders", "20", "--warmup", "1",
+        "--duration", "8", "--rate", "30", "--traders", "20", "--warmup", "1", "--timeout", "5",
         "--bare-seconds", "2", "--capacity-seconds", "2", "--rounds", "2", "--drain-timeout", "30",
         "--log-dir", str(tmp_path / "logs"),
     ]  # fmt: skip
