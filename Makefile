@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 WALLET_PORT ?= 8100
 
-.PHONY: run test test-smoke lint install install-dev bench bench-core bench-engine bench-settlement chaos stop-embedded clean
+.PHONY: run test test-smoke lint browser install install-dev bench bench-core bench-engine bench-settlement chaos stop-embedded clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -41,13 +41,18 @@ run: install
 	  WALLET_URL=$${WALLET_URL:-http://127.0.0.1:$(WALLET_PORT)} $(BIN)/honcho -f Procfile start
 
 ## test: lint and the whole suite (real PostgreSQL and Redis; embedded ones when the URLs are unset)
-test: install-dev
+test: install-dev browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 ## test-smoke: the platform tests alone (CI runs them with the URLs unset: the embedded path)
 test-smoke: install-dev
 	$(BIN)/pytest tests/platform
+
+## browser: Debian's Chromium for the admin test (Playwright drives it; never `playwright install`)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "no chromium: the admin browser test will be skipped"
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -58,6 +63,9 @@ bench-core: install
 
 bench-engine: install-dev
 	$(BIN)/python -m matching.bench_engine
+
+bench-settlement: install-dev
+	$(BIN)/python -m settlement.bench
 
 stop-embedded: install
 	$(BIN)/python -m exchange.embedded stop

@@ -214,7 +214,20 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-outbox": {"task": "settlement.tasks.sweep_outbox", "schedule": 15.0},
     "sweep-orphan-holds": {"task": "orders.tasks.sweep_orphan_holds", "schedule": 60.0},
 }
+
+# --- Settlement ----------------------------------------------------------------
+
 SETTLEMENT_SWEEP_GRACE_SECONDS = env.float("SETTLEMENT_SWEEP_GRACE_SECONDS", default=10.0)
+SETTLEMENT_BATCH_SIZE = env.int("SETTLEMENT_BATCH_SIZE", default=200)
+SETTLEMENT_MAX_ATTEMPTS = env.int("SETTLEMENT_MAX_ATTEMPTS", default=8)
+SETTLEMENT_BACKOFF_BASE_SECONDS = env.float("SETTLEMENT_BACKOFF_BASE_SECONDS", default=2.0)
+SETTLEMENT_BACKOFF_MAX_SECONDS = env.float("SETTLEMENT_BACKOFF_MAX_SECONDS", default=300.0)
+SETTLEMENT_LEASE_SECONDS = env.float("SETTLEMENT_LEASE_SECONDS", default=60.0)
+SETTLEMENT_MAX_COUNTDOWN_SECONDS = 600.0  # must stay below the broker's visibility_timeout (3600)
+SETTLEMENT_SWEEP_LIMIT = env.int("SETTLEMENT_SWEEP_LIMIT", default=5000)
+SETTLEMENT_METRICS_PORT = env.int("SETTLEMENT_METRICS_PORT", default=9109)
+SETTLEMENT_QUEUE = env("SETTLEMENT_QUEUE", default="") or None
+SETTLEMENT_RESOLVE_MIN_AGE_SECONDS = 2 * WALLET_TIMEOUT_SECONDS
 
 # --- Logging -----------------------------------------------------------------
 
