@@ -4,8 +4,8 @@ Per request (default shares): 60% placements, 20% cancels, 20% public reads.
 Placements are 50% resting limits (0.05%..~2% away from a fixed mid), 30%
 crossing limits (0.3% through the mid: they take resting liquidity, their rest
 rests), 20% market orders (sells by quantity; buys by quantity or by quote
-amount). Cancels target a live order of the trader that placed it (one the API
-reported open); the order may have filled meanwhile (409, expected). Reads are
+amount). Cancels target one of the 20 newest orders the API reported live, as
+their owner; it may have traded meanwhile (409, expected). Reads are
 the order book (depth 20), the ticker and recent trades, split evenly,
 anonymous.
 
@@ -129,8 +129,10 @@ class Workload:
         if roll < self.place_share + self.cancel_share:
             if not self.live:
                 return self.next_placement()
+            # one of the newest live orders (quotes are replaced while fresh; older ones
+            # have mostly traded by now, which would make most cancels cheap 409s)
             live = self.live
-            i = self.rng.randrange(len(live))
+            i = len(live) - 1 - self.rng.randrange(min(len(live), 20))
             live[i], live[-1] = live[-1], live[i]
             index, order_id = live.pop()
             raw = self.client.request_prefix("DELETE", f"/api/v1/orders/{order_id}", self.traders[index].auth) + "\r\n"
