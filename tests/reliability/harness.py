@@ -909,13 +909,12 @@ def check_invariants(*, quiescent: bool, verdict: Verdict | None = None, pending
 # Each: (prefix of the exception line ending the traceback, text that must appear in the
 # traceback or its chained causes, the bug). Fixed bugs leave the list.
 KNOWN_SERVER_ERRORS: list[tuple[str, str, str]] = [
-    # BUG-1..6: fixed in daaff34 (regressions in test_regressions.py).
-    ("redis.exceptions.", "check_throttles", "BUG-7 test_regressions.py::test_api_without_redis_*"),
+    # BUG-1..6 fixed in daaff34, BUG-7 (throttling 500s without Redis) in 3ab3254.
 ]
 # Invariant violations of known, pinned bugs, tolerated (and counted) where a loop can
 # trigger them: {verdict name: bug}.
-KNOWN_INVARIANT_GAPS = {
-    "invariant.snapshots_published": "BUG-9 test_regressions.py::test_book_snapshot_comes_back_after_redis_loses_it",
+KNOWN_INVARIANT_GAPS: dict[str, str] = {
+    # BUG-9 (no snapshot after Redis loss, "invariant.snapshots_published") fixed in 3ab3254.
 }
 _CHAINED = (
     "During handling of the above exception, another exception occurred:",

@@ -11,6 +11,9 @@ BUG-3  Redis fails at the ring after journaling: 500 instead of 202 fixed in daa
 BUG-4  holds and releases computed in the 28-digit decimal context  fixed in daaff34
 BUG-5  markets whose lot × fee rate needs > 18 decimals accepted    fixed in daaff34
 BUG-6  engine SQL cast units to bigint: one order kills the engine  fixed in daaff34
+BUG-7  throttling: every API request 500 while Redis is unreachable fixed in 3ab3254
+BUG-8  no settlement outbox sweep in the production beat schedule   fixed in 3ab3254
+BUG-9  book snapshot not republished after Redis loses it           fixed in 3ab3254
 """
 
 from __future__ import annotations
