@@ -202,7 +202,7 @@ class BenchDatabase:
             "port": s.get("PORT") or None,
             "user": s.get("USER") or None,
             "password": s.get("PASSWORD") or None,
-            "dbname": s.get("NAME") or "postgres",
+            "dbname": "postgres",  # the maintenance database: the configured one may not exist
         }
         params.update({k: v for k, v in (s.get("OPTIONS") or {}).items() if isinstance(v, str | int)})
         return psycopg.connect(autocommit=True, **{k: v for k, v in params.items() if v is not None})
