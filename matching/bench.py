@@ -9,6 +9,8 @@ orders no larger than the opposite side. The workload is generated (by running i
 once through a scratch book, so cancels always hit live orders and market sizes fit)
 and every Order object is built before timing starts; the timed loop only calls
 ``place``/``cancel``, and every event, each trade included, is materialised as usual.
+The replay runs ``--repeat`` times on fresh books and fresh orders; the fastest is
+reported (with every replay's rate).
 One command in ``--sample-every`` is timed on its own for the latency percentiles, and
 ``take_touched()`` is called once per ``--batch`` commands, as the engine does per batch.
 Order sizes: resting 1-10 lots, crossing 1-30 lots, market 1-30 lots (capped by the
@@ -144,14 +146,13 @@ def _order(spec: tuple) -> Order:
     return Order(oid, owner, side, kind, price=price, quantity=qty)
 
 
-def run_workload(n: int, seed: int, sample_every: int, batch: int) -> dict:
-    specs, trades, expected_seq = generate(n, seed)
+def replay(specs: list[tuple], expected_seq: int, sample_every: int, batch: int) -> dict:
+    """Time one replay of ``specs`` through a fresh book; return its measurements."""
     book = OrderBook(maker_fee=10, taker_fee=20, fee_scale=10_000)
     place, cancel = book.place, book.cancel
     # Commands as (bound method, argument), as a service would dispatch them, grouped
     # so the timed loop can time one command per group without a per-command counter.
     commands = [(cancel, s[1]) if s[0] == "cancel" else (place, _order(s)) for s in specs]
-    del specs
     groups = []
     for start in range(0, len(commands), sample_every):
         group = commands[start : start + sample_every]
@@ -159,14 +160,14 @@ def run_workload(n: int, seed: int, sample_every: int, batch: int) -> dict:
     del commands
     latencies = []
     clock = time.perf_counter_ns
+    take_touched = book.take_touched
+    groups_per_batch = max(1, batch // sample_every)
     # Everything built so far lives for the whole run: keep the cyclic GC from
     # re-scanning it (as a long-running engine process would after loading).
     gc.collect()
     gc.freeze()
     cpu_started = time.thread_time()
     started = clock()
-    take_touched = book.take_touched
-    groups_per_batch = max(1, batch // sample_every)
     for number, (group, (probe, probe_arg)) in enumerate(groups):
         for command, arg in group:
             command(arg)
@@ -183,21 +184,44 @@ def run_workload(n: int, seed: int, sample_every: int, batch: int) -> dict:
         raise RuntimeError(f"replay diverged: seq {book.seq} != {expected_seq}")
     latencies.sort()
     return {
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "p50_us": round(latencies[len(latencies) // 2] / 1000, 2),
+        "p99_us": round(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1000, 2),
+        "resting_orders_at_end": len(book),
+        "book_levels_at_end": sum(map(len, book.depth(10**9))),
+    }
+
+
+def run_workload(n: int, seed: int, sample_every: int, batch: int, repeat: int) -> dict:
+    """Generate the workload once and replay it ``repeat`` times; report the fastest.
+
+    On a shared machine other processes steal time from some runs; the best of a few
+    replays is the usual way to measure the code rather than the neighbours. Every
+    replay's rate is listed too.
+    """
+    specs, trades, expected_seq = generate(n, seed)
+    runs = [replay(specs, expected_seq, sample_every, batch) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    elapsed, cpu = best["seconds"], best["cpu_seconds"]
+    return {
         "commands": n,
         "seed": seed,
+        "repeats": repeat,
         "seconds": round(elapsed, 3),
         "commands_per_sec": round(n / elapsed),
         "trades_per_sec": round(trades / elapsed),
         "trades": trades,
         "trades_per_command": round(trades / n, 3),
-        # The same run measured in this thread's CPU time: on a shared machine wall
-        # time also counts the time other processes held the CPU.
+        "p50_us": best["p50_us"],
+        "p99_us": best["p99_us"],
+        # The same replay in this thread's CPU time: wall time also counts the time
+        # other processes held the CPU.
         "cpu_seconds": round(cpu, 3),
         "cpu_commands_per_sec": round(n / cpu) if cpu else None,
-        "p50_us": round(latencies[len(latencies) // 2] / 1000, 2),
-        "p99_us": round(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1000, 2),
-        "resting_orders_at_end": len(book),
-        "book_levels_at_end": len(book.depth(10**9)[0]) + len(book.depth(10**9)[1]),
+        "all_commands_per_sec": [round(n / r["seconds"]) for r in runs],
+        "resting_orders_at_end": best["resting_orders_at_end"],
+        "book_levels_at_end": best["book_levels_at_end"],
     }
 
 
@@ -234,8 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resting", type=int, default=1_000_000)
     parser.add_argument("--sample-every", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256, help="commands per take_touched()")
+    parser.add_argument("--repeat", type=int, default=3, help="timed replays; the best is reported")
     args = parser.parse_args(argv)
-    result = run_workload(args.commands, args.seed, max(1, args.sample_every), max(1, args.batch))
+    result = run_workload(
+        args.commands, args.seed, max(1, args.sample_every), max(1, args.batch), max(1, args.repeat)
+    )
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["resting_loaded"] = args.resting
     result["bytes_per_resting_order"] = round(resting_memory(args.resting, args.seed), 1)
