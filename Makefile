@@ -67,6 +67,11 @@ bench-engine: install-dev
 bench-settlement: install-dev
 	$(BIN)/python -m settlement.bench
 
+## bench: the whole exchange under load next to a bare DRF endpoint (< 5 min);
+## BENCH_ARGS="--duration 600 --rate 30" (soak), "--step" (knee), "--profile cpu --profile-phase capacity"
+bench: install-dev
+	$(BIN)/python -m exchange.bench $(BENCH_ARGS)
+
 stop-embedded: install
 	$(BIN)/python -m exchange.embedded stop
 

@@ -296,7 +296,13 @@ def _best_opposite_price(market: Market, units: MarketUnits, side: str) -> Decim
 
 def _check_open_order_limit(user, market: Market) -> None:
     limit = settings.MAX_OPEN_ORDERS_PER_MARKET
-    live = Order.objects.filter(user=user, market=market, status__in=Order.LIVE_STATUSES)[:limit].count()
+    with connection.cursor() as cursor:  # on every placement: plain SQL, no query building
+        cursor.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM orders_order WHERE user_id = %s AND market_id = %s"
+            " AND status = ANY(%s) LIMIT %s) live",
+            [user.pk, market.pk, list(Order.LIVE_STATUSES), limit],
+        )
+        live = cursor.fetchone()[0]
     if live >= limit:
         raise TooManyOpenOrders(details={"limit": limit})
 

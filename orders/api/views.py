@@ -5,7 +5,7 @@ from rest_framework.response import Response
 
 from exchange.api.fields import plain
 from exchange.api.pagination import EnvelopeCursorPagination
-from exchange.api.throttling import OrderPlacementThrottle, UserThrottle
+from exchange.api.throttling import OrderPlacementThrottle
 from orders import selectors, services
 from orders.api import schemas
 from orders.api.serializers import OrderInput, OrderListFilter, OrderOutput, TradeOutput
@@ -24,7 +24,7 @@ class OrderViewSet(viewsets.ViewSet):
 
     def get_throttles(self):
         if self.action == "create":
-            return [UserThrottle(), OrderPlacementThrottle()]
+            return [OrderPlacementThrottle()]  # placement has its own rate instead of the general one
         return super().get_throttles()
 
     @extend_schema(

@@ -165,6 +165,7 @@ class WalletClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(timeout, 2.0), timeout)  # (connect, read)
         self.session = requests.Session()
+        self.session.trust_env = False  # an internal service: no proxy or netrc lookups per call
         retry = Retry(
             total=CONNECT_RETRIES,
             connect=CONNECT_RETRIES,
