@@ -554,6 +554,11 @@ class Journal:
 
 ACCEPTED = (200, 201, 202)
 
+# Bugs found and pinned (strict xfail in test_regressions.py) but not fixed yet: where a
+# loop meets one it counts it ("known bugs met") instead of failing. Remove a bug from
+# here when it is fixed: the loops are strict about it again.
+OPEN_BUGS = {"BUG-10", "BUG-11", "BUG-12"}
+
 
 def random_order(rng: random.Random, *, mid: Decimal = Decimal("100.00"), spread_ticks: int = 10, max_lots: int = 20,
                  tick: Decimal = Decimal("0.01"), lot: Decimal = Decimal("0.001")) -> dict:
@@ -826,6 +831,8 @@ def check_outcomes(journal: Journal) -> Verdict:
     }
     lost, phantom, ahead = [], [], []
     created_despite_5xx = 0
+    known: Counter = Counter()
+    coid_counts = Counter((o.user_id, o.client_order_id) for o in placements)
     reply_trades: dict[int, dict] = {}
     for o in placements:
         row = by_coid.get((o.user_id, o.client_order_id))
@@ -851,6 +858,11 @@ def check_outcomes(journal: Journal) -> Verdict:
                 created_despite_5xx += 1
                 if row[1] not in FINAL_OR_RESTING:
                     lost.append(f"{o.client_order_id}: answered {o.status}, order {row[0]} still {row[1]}")
+        elif (
+            "BUG-11" in OPEN_BUGS and row is not None and o.error_code in ("insufficient_funds", "too_many_open_orders")
+            and coid_counts[(o.user_id, o.client_order_id)] > 1
+        ):
+            known["BUG-11"] += 1  # a concurrent repeat of the id refused although the original exists
         elif o.status is not None and row is not None:
             phantom.append(f"{o.client_order_id}: answered {o.status} {o.error_code}, yet order {row[0]} ({row[1]}) exists")
         elif o.status is None and row is not None and row[1] not in FINAL_OR_RESTING:
@@ -873,7 +885,11 @@ def check_outcomes(journal: Journal) -> Verdict:
     for o in cancels:
         status = statuses.get(o.order_id)
         if o.status == 200 and status != "cancelled":
-            mismatch.append(f"cancel of {o.order_id} answered 200, order is {status}")
+            answered = (o.body or {}).get("data", {}).get("status") if isinstance((o.body or {}).get("data"), dict) else None
+            if "BUG-12" in OPEN_BUGS and answered == status and status in ("filled", "expired", "rejected"):
+                known["BUG-12"] += 1  # 200 with the order's final state, after the reply timed out
+            else:
+                mismatch.append(f"cancel of {o.order_id} answered 200 ({answered}), order is {status}")
         elif o.status == 202 and status not in ("filled", "cancelled", "expired", "rejected"):
             mismatch.append(f"cancel of {o.order_id} answered 202, order is still {status}")
         elif o.status == 409 and status not in ("filled", "cancelled", "expired", "rejected"):
@@ -887,6 +903,7 @@ def check_outcomes(journal: Journal) -> Verdict:
         unanswered=sum(o.status is None for o in journal.outcomes),
         answered_5xx=sum(o.status is not None and o.status >= 500 and o.status != 503 for o in journal.outcomes),
         created_despite_5xx=created_despite_5xx,
+        known_bugs_met=dict(known),
         cancels=len(cancels),
     )
     return verdict

@@ -86,6 +86,7 @@ def test_cancel_fill_race(btc_market, engines, web, worker, traders, figures, se
     verdict.add("unexpected_server_errors", harness.unexpected_server_errors(web))
     figures.update(
         {
+            "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
             "races (cancel vs crossing order)": races,
             "answers to the cancels": dict(outcomes),
             "raced orders ended": dict(ended),

@@ -75,6 +75,7 @@ def test_double_spend(btc_market, engines, web, make_user, figures, seed):
     verdict.add("unexpected_server_errors", harness.unexpected_server_errors(web))
     figures.update(
         {
+            "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
             "bursts x concurrent POSTs": f"{rounds} x {burst_size}",
             "accepted (expected = sum of k)": f"{accepted_total} ({expected_total})",
             "answers": dict(sorted(statuses.items(), key=lambda item: str(item[0]))),
@@ -93,15 +94,22 @@ def test_replay(btc_market, engines, web, make_user, figures, seed):
     rng = random.Random(seed)
     engines.spawn()
     engines.wait_live()
-    user = make_user()
-    harness.fund(user, "USDT", "1000000")
-    trader = harness.Trader(web.url, user)
+    rich = make_user()
+    harness.fund(rich, "USDT", "1000000")
     rounds = scale(20, 200)
     journal = Journal()
     problems: list[str] = []
     answers_seen: Counter = Counter()
     for r in range(rounds):
         coid = f"replay-{r}-{rng.randrange(10**9)}"
+        # Half the rounds from a user whose funds cover about one such order: the racers
+        # must not be refused for the funds the original holds.
+        if rng.random() < 0.5:
+            user = make_user()
+            harness.fund(user, "USDT", "1.00")  # one order holds 0.50 to 0.99
+        else:
+            user = rich
+        trader = harness.Trader(web.url, user)
         # The same id ten times at once, the other fields different each time: one order,
         # and every answer is that order.
         fields = [
@@ -117,7 +125,7 @@ def test_replay(btc_market, engines, web, make_user, figures, seed):
             journal.add(Outcome("place", user.pk, status, body, client_order_id=coid, fields=f))
             if status in harness.ACCEPTED:
                 ids.add(((body or {}).get("data") or {}).get("order", {}).get("id"))
-            else:
+            elif not ("BUG-11" in harness.OPEN_BUGS and status == 422):  # counted by check_outcomes
                 problems.append(f"{coid}: answered {status} {body}")
         created = Order.objects.filter(user=user, client_order_id=coid).count()
         if created != 1 or len(ids) != 1:
@@ -129,8 +137,9 @@ def test_replay(btc_market, engines, web, make_user, figures, seed):
     verdict.add("unexpected_server_errors", harness.unexpected_server_errors(web))
     figures.update(
         {
+            "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
             "ids x concurrent POSTs": f"{rounds} x 10",
-            "orders created": Order.objects.filter(user=user).count(),
+            "orders created": Order.objects.filter(client_order_id__startswith="replay-").count(),
             "answers": dict(sorted(answers_seen.items(), key=lambda item: str(item[0]))),
             "problems": len(problems),
             "invariant violations": sum(len(v) for key, v in verdict.problems.items() if key.startswith("invariant.")),

@@ -168,6 +168,7 @@ def test_engine_crash_loop(btc_market, engines, web, traders, figures, seed, req
     warm = sorted(recoveries["warm"]) or [0.0]
     figures.update(
         {
+            "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
             "kills (total)": kills,
             "kills by kind": dict(deaths),
             "crash points hit": {point: deaths[point] for point in CRASH_POINTS},

@@ -105,6 +105,7 @@ def test_redis_loss(wallet_server, btc_market, private_redis, project_processes,
         worker.stop()
         figures.update(
             {
+                "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
                 "faults": dict(faults),
                 "orders placed / accepted": f"{verdict.figures['placed']} / {verdict.figures['accepted']}",
                 "answered 202 / 503 / 5xx / no answer": (

@@ -126,6 +126,7 @@ def test_settlement_faults(wallet_server, btc_market, engines, web, traders, sta
         crash_hits = sum(p.log_path.read_text(errors="replace").count("crash point hit: settlement.") for p in worker.processes if p.log_path.exists())
         figures.update(
             {
+                "known bugs met (open, pinned)": verdict.figures.get("known_bugs_met", {}),
                 "worker kills mid-call (kill -9)": len(kills),
                 "pool processes lost at crash points": crash_hits,
                 "worker restarts (supervisor)": worker.restarts,
