@@ -90,6 +90,14 @@ class Engine:
                 self._drop_all_books()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug must not take the exchange down: nothing uncommitted was replied or
+                # acked, so rebuild from the DB and go on (a command that keeps failing is
+                # dead-lettered after MAX_DELIVERIES).
+                logger.exception("engine step failed; rebuilding the books after %.1fs", backoff)
+                self._drop_all_books()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         self._drop_all_books()
         logger.info("engine stopped")
 
@@ -302,7 +310,13 @@ class Engine:
             order.status, order.reason = core.CANCELLED, core.CANCELLED_BY_USER
             batch.touched[row.id] = (market_book, order)
             return
-        self._collect(market_book, market_book.book.place(order), batch)
+        try:
+            events = market_book.book.place(order)
+        except (ValueError, TypeError) as exc:  # the core refused it and is unchanged
+            logger.error("order %s refused by the matching core: %s", row.id, exc)
+            order.status, order.reason = core.REJECTED, "invalid_order"
+            events = []
+        self._collect(market_book, events, batch)
         batch.touched.setdefault(row.id, (market_book, order))
 
     def _apply_cancel(self, market_book: MarketBook, row: services.OrderRow, batch: Batch) -> None:

@@ -168,3 +168,13 @@ def test_stale_owner_is_fenced_out(btc, make_user, pending_order):
     _send(engine, feed.PLACE, pending_order(make_user(), btc, "buy", "10.00", "1.000"), wait_reply=False)
     assert engine.books == {}  # dropped its books instead of writing over the other's
     assert Order.objects.get().status == "pending"
+
+
+def test_an_order_the_core_refuses_is_rejected_not_fatal(btc, make_user, pending_order):
+    engine = _engine("BTC-USDT")
+    bad = pending_order(make_user(), btc, "buy", "100.00", "1.000", type="limit", post_only=True, tif="ioc")
+    reply = _send(engine, feed.PLACE, bad)
+    assert reply["order"]["status"] == "rejected" and reply["order"]["reject_reason"] == "invalid_order"
+    assert HoldRelease.objects.get(order=bad).amount == Decimal("100")
+    good = pending_order(make_user(), btc, "sell", "100.00", "1.000")
+    assert _send(engine, feed.PLACE, good)["order"]["status"] == "open"
