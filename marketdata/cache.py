@@ -5,6 +5,7 @@ Entries live 2 s, so a disabled market refuses new orders within the 5 s the API
 
 from __future__ import annotations
 
+import re
 import time
 
 from marketdata.models import Market
@@ -14,7 +15,13 @@ TTL_SECONDS = 2.0
 _cache: dict[str, tuple[float, Market | None, MarketUnits | None]] = {}
 
 
+SYMBOL = re.compile(r"^[A-Z0-9]{2,10}-[A-Z0-9]{2,10}$")
+
+
 def market_by_symbol(symbol: str) -> tuple[Market | None, MarketUnits | None]:
+    """The market and its units, or (None, None); a malformed symbol never reaches the database."""
+    if not SYMBOL.match(symbol):
+        return None, None
     now = time.monotonic()
     hit = _cache.get(symbol)
     if hit is not None and hit[0] > now:

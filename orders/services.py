@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection
+from django.db import connection
 from django.utils import timezone
 
 from exchange.errors import (
     EngineUnavailable,
-    InsufficientFunds,
     NotFound,
     OrderNotCancellable,
     TooManyOpenOrders,
     UnknownSymbol,
     ValidationFailed,
-    WalletUnavailable,
 )
 from marketdata.cache import market_by_symbol
 from marketdata.models import Market
@@ -86,16 +85,44 @@ def order_place(
     engine rung. A failure after the hold releases it by the same key; a beat
     sweeper releases holds whose order never appeared (a crash in between).
     """
+    fields = {
+        "symbol": symbol, "side": side, "type": type, "quantity": quantity, "quote_quantity": quote_quantity,
+        "price": price, "stop_price": stop_price, "time_in_force": time_in_force, "post_only": post_only,
+    }  # fmt: skip
     if client_order_id:
-        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
-        if existing is not None:
-            return _as_outcome(existing, created=False)
+        # Repeats of one client_order_id queue behind each other until the first is
+        # journaled (or refused): each later one then finds the original.
+        with _client_order_id_lock(user.pk, client_order_id):
+            existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
+            if existing is not None:
+                return _as_outcome(existing, created=False)
+            order = _journal(user=user, client_order_id=client_order_id, **fields)
+    else:
+        order = _journal(user=user, client_order_id=None, **fields)
 
-    plan = _plan(
-        symbol=symbol, side=side, type=type, quantity=quantity, quote_quantity=quote_quantity,
-        price=price, stop_price=stop_price, time_in_force=time_in_force, post_only=post_only,
-    )
-    if not engine.engine_is_live(symbol):
+    reply = _ring(symbol=symbol, kind=feed.PLACE, order_id=order.pk)
+    if reply is None:
+        return OrderOutcome(order=order, pending=True)
+    return _apply_reply(order, reply)
+
+
+@contextmanager
+def _client_order_id_lock(user_id: int, client_order_id: str):
+    """A PostgreSQL advisory lock on (user, client_order_id), held while the order is journaled."""
+    key = f"{user_id}:{client_order_id}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 7002))", [key])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7002))", [key])
+
+
+def _journal(*, user, client_order_id, **fields) -> Order:
+    """Validate, hold the funds, and write the pending order row; nothing is left if it fails."""
+    plan = _plan(**fields)
+    if not engine.engine_is_live(plan.market.symbol):
         raise EngineUnavailable()
     _check_open_order_limit(user, plan.market)
 
@@ -112,22 +139,11 @@ def order_place(
             price=plan.price, stop_price=plan.stop_price, quantity=plan.quantity,
             quote_quantity=plan.quote_quantity, hold_asset=plan.hold_asset, hold_amount=held.amount,
         )
-    except IntegrityError:
-        # The same client_order_id won a race: give our hold back, answer with the original.
-        _release_quietly(hold_key, held.amount)
-        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
-        if existing is None:
-            raise
-        return _as_outcome(existing, created=False)
-    except Exception:
-        _release_quietly(hold_key, held.amount)
+    except BaseException:
+        _release_quietly(hold_key, held.amount)  # by the same key: never released twice
         raise
-
     order.market = plan.market
-    reply = _ring(symbol=symbol, kind=feed.PLACE, order_id=order.pk)
-    if reply is None:
-        return OrderOutcome(order=order, pending=True)
-    return _apply_reply(order, reply)
+    return order
 
 
 def order_cancel(*, user, order_id: int) -> OrderOutcome:
@@ -152,7 +168,9 @@ def order_cancel(*, user, order_id: int) -> OrderOutcome:
     reply = _ring(symbol=order.market.symbol, kind=feed.CANCEL, order_id=order.pk)
     if reply is None:
         order.refresh_from_db()
-        return OrderOutcome(order=order, created=False, pending=order.status not in Order.FINAL_STATUSES)
+        if order.status in Order.FINAL_STATUSES and order.status != Status.CANCELLED:
+            raise OrderNotCancellable(details={"status": order.status})  # it traded or expired first
+        return OrderOutcome(order=order, created=False, pending=order.status != Status.CANCELLED)
     outcome = _apply_reply(order, reply)
     outcome.created = False
     if outcome.order.status != Status.CANCELLED and outcome.order.status in Order.FINAL_STATUSES:
@@ -317,7 +335,7 @@ def _release_quietly(hold_key: str, amount: Decimal) -> None:
     """Give back a hold whose order was never created (the sweeper retries if this fails)."""
     try:
         wallet_client().apply([{"key": f"release:{hold_key}", "type": "release", "hold": hold_key, "amount": str(amount)}])
-    except (WalletUnavailable, InsufficientFunds, Exception):  # noqa: BLE001 - best effort, swept later
+    except Exception:  # best effort: the orphan-hold sweeper retries
         logger.warning("could not release %s now; the orphan-hold sweeper will", hold_key)
 
 

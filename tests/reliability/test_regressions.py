@@ -14,9 +14,9 @@ BUG-6  engine SQL cast units to bigint: one order kills the engine  fixed in daa
 BUG-7  throttling: every API request 500 while Redis is unreachable fixed in 3ab3254
 BUG-8  no settlement outbox sweep in the production beat schedule   fixed in 3ab3254
 BUG-9  book snapshot not republished after Redis loses it           fixed in 3ab3254
-BUG-10 NUL byte in a path symbol: 500                               open
-BUG-11 concurrent repeats of a client_order_id answered 422         open
-BUG-12 DELETE answers 200 for an order filled while it waited       open
+BUG-10 NUL byte in a path symbol: 500                               fixed
+BUG-11 concurrent repeats of a client_order_id answered 422         fixed
+BUG-12 DELETE answers 200 for an order filled while it waited       fixed
 """
 
 from __future__ import annotations
@@ -298,14 +298,6 @@ def test_book_snapshot_comes_back_after_redis_loses_it(wallet_server, btc_market
     assert response.json()["data"]["order"]["status"] == "filled", response.content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-10: a market symbol with a NUL byte in the URL path (GET /api/v1/markets/%00/ticker, "
-    "/api/v1/orderbook/%00) answers 500: the path segment goes unchecked into a PostgreSQL query, and "
-    "psycopg raises DataError (text cannot contain NUL bytes). Found by schemathesis (API contract loop). "
-    "Fix: validate the path symbol like a body symbol (BASE-QUOTE, 2-10 of A-Z0-9 each; else 404 "
-    "not_found) before any query, e.g. in marketdata.selectors or a URL converter",
-)
 @pytest.mark.parametrize("path", ["/api/v1/markets/%00/ticker", "/api/v1/orderbook/%00", "/api/v1/markets/AB%00-CD/ticker"])
 def test_symbol_with_nul_byte_in_path_is_404(db, api_client, path):
     response = api_client.get(path)
@@ -313,15 +305,6 @@ def test_symbol_with_nul_byte_in_path_is_404(db, api_client, path):
     assert response.json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-12: DELETE /orders/{id} answers 200 for an order that was filled (or expired) while the cancel "
-    "waited: when the engine's reply does not come in time, order_cancel refreshes the row and returns "
-    "pending=False for any final status, so the view answers 200 with status 'filled' (api.md: 200 means "
-    "cancelled; a filled order is 409 order_not_cancellable). Found by the settlement-faults loop (cancel "
-    "answered 200, order filled). Fix: after a timeout, raise OrderNotCancellable when the refreshed status is "
-    "final and not cancelled (as after a reply), 200 only for cancelled, else 202",
-)
 def test_cancel_of_an_order_filled_meanwhile_is_409(quiet_btc, auth_client, monkeypatch):
     from matching import client as engine_client
     from orders.models import Order
@@ -344,16 +327,6 @@ def test_cancel_of_an_order_filled_meanwhile_is_409(quiet_btc, auth_client, monk
     assert response.json()["error"]["code"] == "order_not_cancellable"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG-11: concurrent repeats of one client_order_id are not all answered with the original: a "
-    "racer that looked the id up before the winner's row was committed goes on to the limit checks and the "
-    "hold, finds the winner's hold (422 insufficient_funds) or the winner's open order (422 "
-    "too_many_open_orders), and answers 4xx although the order exists (api.md: a repeat returns 200 with the "
-    "original). Found by the replay loop (full run). Fix: on any refusal after the lookup (and before "
-    "raising), look the client_order_id up again and answer with the original if it now exists (or take "
-    "pg_advisory_xact_lock(user, hash(client_order_id)) around the whole placement)",
-)
 def test_concurrent_repeats_of_one_client_order_id_all_get_the_original(wallet_server, btc_market, engines, make_user, project_processes, stack_env):
     from orders.models import Order
 
