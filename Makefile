@@ -72,6 +72,10 @@ bench-settlement: install-dev
 bench: install-dev
 	$(BIN)/python -m exchange.bench $(BENCH_ARGS)
 
+## chaos: the full reliability loops (kill -9 of engine and workers, Redis loss, races, contract); prints the table
+chaos: install-dev
+	$(BIN)/python -m tests.reliability.run --full
+
 stop-embedded: install
 	$(BIN)/python -m exchange.embedded stop
 
