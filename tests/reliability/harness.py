@@ -921,6 +921,7 @@ def dead_letters() -> list[str]:
             "trade_id", "attempts", "last_error_code", "last_error"
         )
     ]
+    rows += [_trade_story(trade_id) for trade_id in Settlement.objects.filter(status="failed").values_list("trade_id", flat=True)[:5]]
     rows += [
         f"release of order {order_id}: {attempts} attempts, {code or '-'}: {error[:160]}"
         for order_id, attempts, code, error in HoldRelease.objects.filter(status="failed").values_list(
@@ -928,6 +929,34 @@ def dead_letters() -> list[str]:
         )
     ]
     return rows
+
+
+def _trade_story(trade_id: int) -> str:
+    """A failed settlement's trade, its two orders and their wallet holds, and its attempts."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT t.id, t.sequence, t.taker_side, t.price, t.quantity, t.quote_quantity, t.buyer_id, t.seller_id,
+                      t.maker_order_id, t.taker_order_id, t.created_at FROM orders_trade t WHERE t.id = %s""",
+            [trade_id],
+        )
+        trade = cursor.fetchone()
+        cursor.execute(
+            """SELECT o.id, o.user_id, o.side, o.type, o.time_in_force, o.status, o.hold_asset, o.hold_amount,
+                      o.filled_quantity, o.created_at, h.id, a.owner, a.asset, h.amount, h.captured, h.released, h.created_at
+                 FROM orders_order o LEFT JOIN wallet_hold h ON h.key = 'order:' || o.id
+                 LEFT JOIN wallet_account a ON a.id = h.account_id
+                WHERE o.id IN (%s, %s)""",
+            [trade[8], trade[9]] if trade else [0, 0],
+        )
+        orders = cursor.fetchall()
+        cursor.execute(
+            "SELECT at, outcome, error, actor, attempt FROM settlement_settlementattempt WHERE settlement_id = %s ORDER BY id",
+            [trade_id],
+        )
+        attempts = cursor.fetchall()
+    return f"trade {trade}; orders/holds {orders}; attempts {attempts}"
 
 
 def check_invariants(*, quiescent: bool, verdict: Verdict | None = None, pending_grace_seconds: float = 10,
@@ -940,7 +969,7 @@ def check_invariants(*, quiescent: bool, verdict: Verdict | None = None, pending
     for name, found in report.violations.items():
         verdict.add(f"invariant.{name}", found)
     if report.violations.get("outbox_drained"):
-        verdict.add("invariant.outbox_drained", dead_letters()[:20])  # why they died
+        verdict.add("invariant.outbox_drained", dead_letters()[:30])  # why they died
     return verdict
 
 
