@@ -433,14 +433,17 @@ def _lock_accounts(cursor, ids: list[int], pairs: list[tuple[str, str]]) -> dict
         return {}
     owners = [owner for owner, _ in pairs]
     assets = [asset for _, asset in pairs]
+    # The ids are resolved in a materialized CTE, then the table is locked by id alone:
+    # a locking query whose WHERE self-joins wallet_account can drop a row that another
+    # transaction updated meanwhile (READ COMMITTED re-checks the changed row).
     cursor.execute(
-        """SELECT id, owner, asset, available, held FROM wallet_account
-            WHERE id IN (SELECT unnest(%s::bigint[])
-                         UNION ALL
-                         SELECT a.id FROM wallet_account a
-                           JOIN unnest(%s::varchar[], %s::varchar[]) AS t(owner, asset)
-                             ON a.owner = t.owner AND a.asset = t.asset)
-            ORDER BY id FOR NO KEY UPDATE""",
+        """WITH wanted AS MATERIALIZED (
+               SELECT unnest(%s::bigint[]) AS id
+               UNION
+               SELECT a.id FROM wallet_account a
+                 JOIN unnest(%s::varchar[], %s::varchar[]) AS t(owner, asset) ON a.owner = t.owner AND a.asset = t.asset)
+           SELECT id, owner, asset, available, held FROM wallet_account
+            WHERE id = ANY(ARRAY(SELECT id FROM wanted)) ORDER BY id FOR NO KEY UPDATE""",
         [ids, owners, assets],
     )
     return {(row[1], row[2]): _AccountRow(*row) for row in cursor.fetchall()}

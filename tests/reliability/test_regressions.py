@@ -344,3 +344,65 @@ def test_concurrent_repeats_of_one_client_order_id_all_get_the_original(wallet_s
         assert Order.objects.filter(user=user).count() == 1
         refused += [(status, (answer or {}).get("error", {}).get("code")) for status, answer in answers if status not in (200, 201, 202)]
     assert not refused, refused
+
+
+def test_wallet_locks_every_account_asked_for_under_concurrent_updates(transactional_db):
+    import threading
+    import time as _time
+
+    import psycopg
+    from django.db import connection
+
+    from wallet import services as wallet
+
+    owners = [f"user:{880000 + n}" for n in range(4)]
+    for owner in owners:
+        for asset in ("BTC", "USDT"):
+            wallet.deposit(key=f"lockrace-{owner}-{asset}", owner=owner, asset=asset, amount=Decimal("1000000"))
+    pairs = [(owner, asset) for owner in owners for asset in ("BTC", "USDT")]
+    database = connection.settings_dict
+
+    def connect():  # plain connections: the product's query at full speed
+        return psycopg.connect(
+            host=database["HOST"], port=database.get("PORT") or None, user=database["USER"],
+            password=database.get("PASSWORD") or None, dbname=database["NAME"], autocommit=True,
+        )  # fmt: skip
+
+    stop = threading.Event()
+    missing: list = []
+    locked = [0]
+
+    def update(n: int) -> None:
+        # Other wallet transactions writing the same accounts (holds placed, transfers and
+        # releases written): held up and available down by the same amount, as they do.
+        with connect() as conn:
+            k = n
+            while not stop.is_set():
+                k += 1
+                owner, asset = pairs[k % len(pairs)]
+                with conn.transaction():  # a batch holds its row locks until it commits
+                    conn.execute(
+                        "UPDATE wallet_account SET available = available - 1, held = held + 1 WHERE owner = %s AND asset = %s",
+                        [owner, asset],
+                    )
+
+    def lock(n: int) -> None:  # what every transfer batch does first
+        with connect() as conn:
+            k = n
+            while not stop.is_set():
+                k += 1
+                asked = sorted({pairs[(k * 3 + i) % len(pairs)] for i in range(3)})
+                with conn.transaction(), conn.cursor() as cursor:
+                    got = wallet._lock_accounts(cursor, [], asked)
+                locked[0] += 1
+                missing.extend(pair for pair in asked if pair not in got)
+
+    threads = [threading.Thread(target=update, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=lock, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    _time.sleep(15)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not missing, f"{len(missing)} of {locked[0]} lockings missed an account asked for, e.g. {missing[:3]}"
