@@ -557,7 +557,7 @@ ACCEPTED = (200, 201, 202)
 # Bugs found and pinned (strict xfail in test_regressions.py) but not fixed yet: where a
 # loop meets one it counts it ("known bugs met") instead of failing. Remove a bug from
 # here when it is fixed: the loops are strict about it again.
-OPEN_BUGS = {"BUG-10", "BUG-11", "BUG-12"}
+OPEN_BUGS: set[str] = set()  # BUG-10..12 fixed in c02209e
 
 
 def random_order(rng: random.Random, *, mid: Decimal = Decimal("100.00"), spread_ticks: int = 10, max_lots: int = 20,
