@@ -113,7 +113,7 @@ def test_redis_loss(wallet_server, btc_market, private_redis, project_processes,
                     f"{verdict.figures['answered_5xx']} / {verdict.figures['unanswered']}"
                 ),
                 "5xx answers / of them created an order": f"{verdict.figures['answered_5xx']} / {verdict.figures['created_despite_5xx']}",
-                "server tracebacks of known bugs (BUG-7)": harness.known_server_errors(web),
+                "server tracebacks of known bugs": harness.known_server_errors(web),
                 "invariant violations of known bugs": known_gaps,
                 "cancels": verdict.figures["cancels"],
                 "trades": Trade.objects.count(),
