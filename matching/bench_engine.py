@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "BENCH-USDT"
+# Reply keys are per run: a fresh database reuses order ids, and an earlier run's
+# unexpired replies must not answer this one's commands.
+RUN = f"{os.getpid()}-{int(time.time())}-"
 
 
 def main() -> None:
@@ -203,7 +206,7 @@ def _burst(r, conn, order_ids: list[int], seed: int) -> dict:
     started = time.perf_counter()
     pipe = r.pipeline(transaction=False)
     for i, order_id in enumerate(order_ids):
-        pipe.xadd(stream, feed.encode_command(feed.PLACE, order_id, feed.reply_key(f"b{order_id}")))
+        pipe.xadd(stream, feed.encode_command(feed.PLACE, order_id, feed.reply_key(f"{RUN}b{order_id}")))
         if rng.random() < 0.10 and i > 100:
             cancels.append(rng.choice(order_ids[max(0, i - 2000): i]))
         if len(pipe) >= 2000:
@@ -213,10 +216,10 @@ def _burst(r, conn, order_ids: list[int], seed: int) -> dict:
         conn.execute("UPDATE orders_order SET cancel_requested_at = now() WHERE id = ANY(%s)", [cancels])
         for chunk in range(0, len(cancels), 2000):
             for order_id in cancels[chunk: chunk + 2000]:
-                pipe.xadd(stream, feed.encode_command(feed.CANCEL, order_id, feed.reply_key(f"c{order_id}")))
+                pipe.xadd(stream, feed.encode_command(feed.CANCEL, order_id, feed.reply_key(f"{RUN}c{order_id}")))
             pipe.execute()
-    last_place = feed.reply_key(f"b{order_ids[-1]}")
-    last = feed.reply_key(f"c{cancels[-1]}") if cancels else last_place
+    last_place = feed.reply_key(f"{RUN}b{order_ids[-1]}")
+    last = feed.reply_key(f"{RUN}c{cancels[-1]}") if cancels else last_place
     deadline = time.monotonic() + 900
     while r.blpop([last], timeout=1) is None:
         if time.monotonic() > deadline:
@@ -241,7 +244,7 @@ def _paced(r, order_ids: list[int], rate: int) -> dict:
 
         rr = redis_module.Redis(connection_pool=r.connection_pool)
         for order_id in order_ids:
-            if rr.blpop([feed.reply_key(f"p{order_id}")], timeout=5) is None:
+            if rr.blpop([feed.reply_key(f"{RUN}p{order_id}")], timeout=5) is None:
                 continue
             latencies.append(time.perf_counter() - sent[order_id])
 
@@ -254,7 +257,7 @@ def _paced(r, order_ids: list[int], rate: int) -> dict:
         if now < next_at:
             time.sleep(next_at - now)
         sent[order_id] = time.perf_counter()
-        r.xadd(stream, feed.encode_command(feed.PLACE, order_id, feed.reply_key(f"p{order_id}")))
+        r.xadd(stream, feed.encode_command(feed.PLACE, order_id, feed.reply_key(f"{RUN}p{order_id}")))
         next_at += interval
     thread.join()
     latencies.sort()
