@@ -67,6 +67,15 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
+if ROLE == "wallet":
+    # A JSON service behind a bearer token: no sessions, CSRF, messages or static files
+    # to handle, so none of their middleware runs on its hot path (holds, settlements).
+    MIDDLEWARE = [
+        "django_prometheus.middleware.PrometheusBeforeMiddleware",
+        "exchange.api.middleware.RequestIdMiddleware",
+        "django_prometheus.middleware.PrometheusAfterMiddleware",
+    ]
+
 ROOT_URLCONF = "wallet.urls" if ROLE == "wallet" else "exchange.urls"
 WSGI_APPLICATION = "exchange.wsgi.application"
 
