@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
+from heapq import heapify, heappop, heappush, nsmallest
 
 from sortedcontainers import SortedList
 
@@ -110,12 +111,15 @@ class _Level:
 class _Side:
     """One side of the book (see module docstring for the key convention)."""
 
-    __slots__ = ("side", "levels", "keys", "best", "spare")
+    __slots__ = ("side", "levels", "heap", "best", "spare")
 
     def __init__(self, side: int) -> None:
         self.side = side
         self.levels: dict[int, _Level] = {}
-        self.keys = SortedList()
+        # Min-heap of level keys with lazy deletion: the dict is the truth, a key not
+        # in it is stale. heap[0] is always the best level's key (stale keys are
+        # popped off the top whenever the best level goes).
+        self.heap: list[int] = []
         self.best: _Level | None = None
         # Recently emptied levels by key, reused when an order rests at that price
         # again (levels near the touch empty and refill constantly). Bounded.
@@ -124,54 +128,66 @@ class _Side:
     def key_of(self, price: int) -> int:
         return -price if self.side == BUY else price
 
-    def add_level(self, price: int) -> _Level:
-        """Create and index a new, empty level. O(log L)."""
-        key = -price if self.side == BUY else price
+    def add_level(self, price: int, key: int) -> _Level:
+        """Create and index a new, empty level at ``key`` (``key_of(price)``). O(log L)."""
         lvl = self.spare.pop(key, None)
         if lvl is None:
             lvl = _Level(self.side, price, key)
         self.levels[key] = lvl
-        self.keys.add(key)
+        # A stale copy of key may still be in the heap: harmless, it is live again
+        # and the extra copy is popped when the level goes.
+        heappush(self.heap, key)
         best = self.best
         if best is None or key < best.key:
             self.best = lvl
         return lvl
 
     def drop_best(self) -> _Level | None:
-        """Remove the (now empty) best level and return the new best. O(log L)."""
+        """Remove the (now empty) best level and return the new best. O(log L) amortised."""
         levels = self.levels
-        self._retire(levels.pop(self.best.key))
-        keys = self.keys
-        keys.pop(0)
-        # Truth of the dict (C) rather than of the SortedList (a Python __len__).
-        best = levels[keys[0]] if levels else None
+        lvl = levels.pop(self.best.key)
+        _retire(self.spare, lvl)
+        heap = self.heap
+        # Pops the best's key, then any stale keys that surface.
+        while heap and heap[0] not in levels:
+            heappop(heap)
+        best = levels[heap[0]] if heap else None
         self.best = best
         return best
 
     def drop(self, lvl: _Level) -> None:
-        """Remove an empty level anywhere on the side. O(log L)."""
+        """Remove an empty level anywhere on the side. O(log L) amortised."""
         if lvl is self.best:
             self.drop_best()
-        else:
-            del self.levels[lvl.key]
-            self.keys.remove(lvl.key)
-            self._retire(lvl)
+            return
+        levels = self.levels
+        del levels[lvl.key]
+        _retire(self.spare, lvl)
+        # Its key stays in the heap, stale. Rebuild once stale keys outnumber live
+        # ones (plus slack): O(L) every O(L) drops.
+        if len(self.heap) > 2 * len(levels) + 64:
+            self.heap = heap = list(levels)
+            heapify(heap)
 
-    def _retire(self, lvl: _Level) -> None:
-        """Keep an emptied level for reuse: clear its dead entries. O(dead)."""
-        if lvl.orders:
-            lvl.orders.clear()  # only dead entries can be left
-            lvl.dead = 0
-        spare = self.spare
-        if len(spare) >= _SPARE_LEVELS:
-            spare.clear()
-        spare[lvl.key] = lvl
+    def sorted_keys(self, limit: int = _NO_LIMIT) -> list[int]:
+        """Live keys up to ``limit``, best first. O(L log L)."""
+        return sorted(k for k in self.levels if k <= limit)
 
     def depth(self, n: int) -> list[tuple[int, int]]:
         if n <= 0:
             return []
         levels = self.levels
-        return [(levels[k].price, levels[k].total) for k in self.keys.islice(0, n)]
+        return [(levels[k].price, levels[k].total) for k in nsmallest(n, levels)]
+
+
+def _retire(spare: dict[int, _Level], lvl: _Level) -> None:
+    """Keep an emptied level for reuse: clear its dead entries. O(dead)."""
+    if lvl.orders:
+        lvl.orders.clear()  # only dead entries can be left
+        lvl.dead = 0
+    if len(spare) >= _SPARE_LEVELS:
+        spare.clear()
+    spare[lvl.key] = lvl
 
 
 class OrderBook:
@@ -309,7 +325,7 @@ class OrderBook:
                 if mine is not None:
                     lvl = mine.levels.get(key)
                     if lvl is None:
-                        lvl = mine.add_level(price)
+                        lvl = mine.add_level(price, key)
                     lvl.orders.append(order)
                     lvl.total += qty
                     self._index[order.id] = order
@@ -317,7 +333,7 @@ class OrderBook:
                     order.status = OPEN
                     self.seq = seq = self.seq + 1
                     order.seq = seq
-                    return [Accepted(seq, order)]
+                    return [Accepted((seq, order))]
                 if order.post_only:
                     # It would cross the best opposite price (own orders included).
                     return self._reject(order, POST_ONLY_WOULD_TAKE)
@@ -382,7 +398,7 @@ class OrderBook:
         order.status = CANCELLED
         order.reason = CANCELLED_BY_USER
         self.seq = seq = self.seq + 1
-        return [Cancelled(seq, order)]
+        return [Cancelled((seq, order))]
 
     # ------------------------------------------------------------------ reads
 
@@ -502,13 +518,18 @@ class OrderBook:
         """
         resting = 0
         for side in (self._bids, self._asks):
-            keys = list(side.keys)
-            _require(keys == sorted(set(keys)), "level keys not strictly sorted")
-            _require(set(keys) == set(side.levels), "sorted keys and level dict differ")
+            keys = sorted(side.levels)
+            heap = side.heap
+            _require(
+                all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap))),
+                "level key heap out of order",
+            )
+            _require(set(keys) <= set(heap), "a level's key is missing from the heap")
             if keys:
+                _require(heap[0] == keys[0], "heap top is not the best level's key")
                 _require(side.best is side.levels[keys[0]], "cached best is not the first level")
             else:
-                _require(side.best is None, "cached best set on an empty side")
+                _require(side.best is None and not heap, "empty side with a best or heap keys")
             for key in keys:
                 lvl = side.levels[key]
                 _require(lvl.key == key and side.key_of(lvl.price) == key, "level key mismatch")
@@ -599,18 +620,20 @@ class OrderBook:
         order.status = status
         order.reason = reason
         self.seq += 1
-        events.append(event(self.seq, order))
+        events.append(event((self.seq, order)))
 
     def _rest(self, order: Order) -> _Level:
         """Append an order to its level (creating it). O(1), or O(log L) for a new level."""
+        price = order.price
         if order.side == BUY:
             side = self._bids
-            lvl = side.levels.get(-order.price)
+            key = -price
         else:
             side = self._asks
-            lvl = side.levels.get(order.price)
+            key = price
+        lvl = side.levels.get(key)
         if lvl is None:
-            lvl = side.add_level(order.price)
+            lvl = side.add_level(price, key)
         lvl.orders.append(order)
         lvl.total += order.remaining
         self._index[order.id] = order
@@ -626,7 +649,7 @@ class OrderBook:
         order.status = PARTIALLY_FILLED if order.filled else OPEN
         self._rest(order)
         self.seq = seq = self.seq + 1
-        events.append(Accepted(seq, order))
+        events.append(Accepted((seq, order)))
 
     def _execute(self, taker: Order, events: list) -> list:
         """Match a limit or market order (or a triggered stop), settle its remainder.
@@ -713,7 +736,7 @@ class OrderBook:
                         maker.status = EXPIRED
                         maker.reason = SELF_TRADE_PREVENTED
                         seq += 1
-                        append(Expired(seq, maker))
+                        append(Expired((seq, maker)))
                     if stp != EXPIRE_MAKER:
                         stop = _STOP_STP
                         break
@@ -739,7 +762,7 @@ class OrderBook:
                     q.popleft()
                     del index[maker.id]
                 seq += 1
-                append(Trade(seq, maker, taker, px, qty, quote, maker_fee, fee))
+                append(Trade((seq, maker, taker, px, qty, quote, maker_fee, fee)))
                 filled_quote += quote
                 total -= qty
                 need -= qty
@@ -802,9 +825,7 @@ class OrderBook:
         levels = opp.levels
         filled = 0
         last_px = 0
-        for key in opp.keys:
-            if key > limit_key:
-                break
+        for key in opp.sorted_keys(limit_key):
             lvl = levels[key]
             px = lvl.price
             for maker in lvl.orders:
@@ -862,7 +883,7 @@ class OrderBook:
         self._stops_of(order.side).add(self._stop_entry(order))
         self._stop_count += 1
         self._index[order.id] = order
-        return [Accepted(seq, order)]
+        return [Accepted((seq, order))]
 
     def _run_stops(self, events: list) -> None:
         """Trigger every stop whose condition holds, in rounds, until none does.
@@ -891,7 +912,7 @@ class OrderBook:
                 del self._index[order.id]
                 self.seq = seq = self.seq + 1
                 order.seq = seq
-                events.append(Triggered(seq, order))
+                events.append(Triggered((seq, order)))
                 self._execute(order, events)
 
 

@@ -14,6 +14,8 @@ ALLOWED_TOP_LEVEL = {
     "__future__",
     "collections",
     "dataclasses",
+    "heapq",
+    "operator",
     "decimal",
     "sortedcontainers",
     "typing",
