@@ -167,7 +167,7 @@ REST_FRAMEWORK = {
 }
 
 # How long a web process trusts a user row it loaded for a JWT (active, not deleted).
-JWT_USER_CACHE_SECONDS = env.float("JWT_USER_CACHE_SECONDS", default=5.0)
+JWT_USER_CACHE_SECONDS = env.float("JWT_USER_CACHE_SECONDS", default=30.0)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_ACCESS_SECONDS", default=15 * 60)),

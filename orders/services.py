@@ -130,18 +130,39 @@ def _journal(*, user, client_order_id, **fields) -> Order:
         key=hold_key, owner=owner_for_user(user.pk), asset=plan.hold_asset,
         amount=plan.hold_amount, up_to=plan.hold_up_to,
     )
+    order = Order(
+        id=order_id, user=user, market=plan.market, client_order_id=client_order_id or None,
+        side=plan.side, type=plan.type, time_in_force=plan.time_in_force, post_only=plan.post_only,
+        price=plan.price, stop_price=plan.stop_price, quantity=plan.quantity,
+        quote_quantity=plan.quote_quantity, hold_asset=plan.hold_asset, hold_amount=held.amount,
+    )
     try:
-        order = Order.objects.create(
-            id=order_id, user=user, market=plan.market, client_order_id=client_order_id or None,
-            side=plan.side, type=plan.type, time_in_force=plan.time_in_force, post_only=plan.post_only,
-            price=plan.price, stop_price=plan.stop_price, quantity=plan.quantity,
-            quote_quantity=plan.quote_quantity, hold_asset=plan.hold_asset, hold_amount=held.amount,
-        )
+        _insert_pending(order)
     except BaseException:
         _release_quietly(hold_key, held.amount)  # by the same key: never released twice
         raise
-    order.market = plan.market
     return order
+
+
+def _insert_pending(order: Order) -> None:
+    """INSERT the new pending row: plain SQL, as the ORM's insert costs a tenth of a placement's CPU.
+
+    The columns left out (reject reason, sequence, cancel request) start NULL, as on the model.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO orders_order (id, user_id, market_id, client_order_id, side, type, time_in_force, post_only,"
+            " price, stop_price, quantity, quote_quantity, filled_quantity, filled_quote, fee_total, status,"
+            " hold_asset, hold_amount, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0, 0, %s, %s, %s, now(), now())"
+            " RETURNING created_at",
+            [order.id, order.user_id, order.market_id, order.client_order_id, order.side, order.type,
+             order.time_in_force, order.post_only, order.price, order.stop_price, order.quantity,
+             order.quote_quantity, Status.PENDING, order.hold_asset, order.hold_amount],
+        )  # fmt: skip
+        order.created_at = order.updated_at = cursor.fetchone()[0]
+    order._state.adding = False
+    order._state.db = "default"
 
 
 def order_cancel(*, user, order_id: int) -> OrderOutcome:
