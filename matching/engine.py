@@ -2,11 +2,16 @@
 
 Order of effects per batch (crash-safe at every step):
   read commands -> load their order rows -> apply to the in-memory books ->
+  render the rows to write and the replies to send ->
   commit (orders, trades, settlements, hold releases, market sequence) ->
   reply to waiting requests, publish book snapshots, ack -> hand the outbox to Celery.
 Nothing is replied or published before it is committed. A crash anywhere
 re-delivers un-acked commands; they are idempotent because the DB says what
 was already applied.
+
+When the stream is deep (full batches), a batch's commit runs on a committer
+thread while the next batch is read and matched; batches still commit one at a
+time and in order, and each is answered only after its commit.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
@@ -66,6 +74,10 @@ class Engine:
         self._next_forced_reconcile = 0.0
         self._next_heartbeat = 0.0
         self.redis = redis_client()
+        self._push_replies = self.redis.register_script(feed.REPLY_SCRIPT)
+        # Commits of a deep stream run here (on this thread's own DB connection), one at a time, in order.
+        self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-commit")
+        self.inflight: Prepared | None = None  # the batch committing on it, not yet answered
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -98,8 +110,18 @@ class Engine:
                 self._drop_all_books()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        self._drop_all_books()
+        try:
+            self._drain()
+        except Exception:
+            logger.exception("could not answer the last batch; its commands are re-delivered")
+        self.close()
         logger.info("engine stopped")
+
+    def close(self) -> None:
+        """Drop the books and locks, and end the committer thread with its connection."""
+        self._drop_all_books()
+        self.committer.submit(_close_thread_connection)
+        self.committer.shutdown(wait=True)
 
     def step(self) -> None:
         now = time.monotonic()
@@ -119,8 +141,13 @@ class Engine:
             commands += self._reconcile()
             self._next_reconcile = now + self.reconcile_seconds
             self._next_forced_reconcile = now + 30 * self.reconcile_seconds
-        if commands:
-            self._process(commands)
+        try:
+            if commands:
+                self._process(commands)
+            else:
+                self._drain()
+        except _Skip:
+            pass  # ownership lost: the books are dropped and re-taken (or left to the new owner)
 
     # ------------------------------------------------------------------ ownership
 
@@ -155,6 +182,12 @@ class Engine:
 
     def _drop_all_books(self) -> None:
         """Forget the in-memory books and locks; ownership is re-taken and books rebuilt."""
+        inflight, self.inflight = self.inflight, None
+        if inflight is not None:  # let it land (or fail) first; it is answered by re-delivery
+            try:
+                inflight.future.result()
+            except Exception:
+                pass
         for symbol in self.books:
             metrics.OWNED.labels(symbol).set(0)
         self.books.clear()
@@ -196,10 +229,15 @@ class Engine:
 
     def _read_stream(self) -> list[feed.Command]:
         streams = dict(self.cursors)
+        # Do not wait for more while a batch is committing: if the stream is empty, answer it.
         rereading = any(cursor == "0" for cursor in streams.values())
         try:
             response = self.redis.xreadgroup(
-                feed.GROUP, self.consumer, streams, count=self.batch_size, block=None if rereading else self.block_ms
+                feed.GROUP,
+                self.consumer,
+                streams,
+                count=self.batch_size,
+                block=None if rereading or self.inflight is not None else self.block_ms,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -269,7 +307,41 @@ class Engine:
     # ------------------------------------------------------------------ apply + commit
 
     def _process(self, commands: list[feed.Command]) -> None:
+        """Apply a batch and commit it; batches commit (and then reply) strictly in order.
+
+        A full batch means the stream is deep: its commit runs on the committer
+        thread while the next batch is read and matched, and its replies, acks and
+        settlements go out once the commit is known. A partial batch (the stream is
+        drained) is committed and answered at once.
+        """
+        prepared = self._prepare(commands)
+        previous = self._wait_inflight()  # raises (books dropped) if it failed
+        if len(commands) >= self.batch_size:
+            prepared.future = self.committer.submit(self._write, prepared)
+            self.inflight = prepared
+            if previous is not None:
+                self._after_commit(previous)
+            return
+        if previous is not None:
+            self._after_commit(previous)
+            self.committer.submit(_close_thread_connection)  # the stream is drained: reconnect when deep again
+        try:
+            self._write(prepared)
+        except Exception as exc:
+            self._finish(prepared, exc)
+        self._finish(prepared, None)
+        self._after_commit(prepared)
+
+    def _prepare(self, commands: list[feed.Command]) -> Prepared:
         rows = services.orders_fetch({command.order_id for command in commands})
+        if self.inflight is not None:
+            # Read while the previous batch may still be committing: its orders are
+            # no longer pending whatever the row still says.
+            statuses = self.inflight.statuses
+            for order_id, row in rows.items():
+                status = statuses.get(order_id)
+                if status is not None:
+                    row.status = status
         batch = Batch()
         for command in commands:
             market_book = self.books.get(command.symbol)
@@ -282,23 +354,56 @@ class Engine:
             else:
                 self._apply_cancel(market_book, row, batch)
         crash_point("engine.mid_batch")
-        if batch.markets:
-            started = time.perf_counter()
-            try:
-                services.batch_commit(batch)
-            except LeaseLost as exc:
-                logger.error("lost ownership of %s: another engine advanced it; dropping books", exc)
-                self._drop_all_books()
-                return
-            except Exception:
-                # The in-memory books are ahead of the DB now: rebuild them, re-read the batch.
-                self._drop_all_books()
-                raise
-            metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.observe(len(commands))
-        _count_commands(commands)
-        crash_point("engine.after_commit_before_reply")
-        self._after_commit(commands, rows, batch)
+        try:
+            commit = services.batch_prepare(batch) if batch.markets else None
+            return self._render(commands, rows, batch, commit)
+        except Exception:
+            self._drop_all_books()  # the books are ahead of anything that will be written
+            raise
+
+    def _write(self, prepared: Prepared) -> None:
+        """The batch's transaction (on the committer thread for a deep stream: its own connection)."""
+        if prepared.commit is None:
+            return
+        started = time.perf_counter()
+        try:
+            services.batch_write(prepared.commit)
+        except Exception:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()  # this thread's connection may be broken; the next batch reconnects
+            raise
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+
+    def _wait_inflight(self) -> Prepared | None:
+        """The batch committing in the background, once committed (None if there is none)."""
+        prepared, self.inflight = self.inflight, None
+        if prepared is None:
+            return None
+        try:
+            prepared.future.result()
+        except BaseException as exc:
+            self._finish(prepared, exc)  # raises
+        self._finish(prepared, None)
+        return prepared
+
+    def _finish(self, prepared: Prepared, error: BaseException | None) -> None:
+        if error is None:
+            if prepared.commit is not None:
+                services.batch_committed(prepared.commit)
+            return
+        # The in-memory books are ahead of the DB now: rebuild them, re-read the batch.
+        self._drop_all_books()
+        if isinstance(error, LeaseLost):
+            logger.error("lost ownership of %s: another engine advanced it; dropping books", error)
+            raise _Skip from error
+        raise error
+
+    def _drain(self) -> None:
+        """Answer the batch still committing in the background (the stream went quiet, or we stop)."""
+        previous = self._wait_inflight()
+        if previous is not None:
+            self._after_commit(previous)
+            self.committer.submit(_close_thread_connection)  # reconnects with the next deep stream
 
     def _apply_place(self, market_book: MarketBook, row: services.OrderRow, batch: Batch) -> None:
         if row.status != Order.Status.PENDING or row.id in batch.touched:
@@ -336,77 +441,108 @@ class Engine:
             else:
                 touched[event.order.id] = (market_book, event.order)
 
-    def _after_commit(self, commands: list[feed.Command], rows: dict, batch: Batch) -> None:
-        created_at = batch.trade_rows[0].created_at.isoformat() if batch.trade_rows else None
-        public_trades = [(row, _trade_reply(row, created_at)) for row in batch.trade_rows]
-        replies = self._replies(commands, rows, batch, public_trades)
-        pipe = self.redis.pipeline(transaction=False)
-        for key, payload in replies:
-            pipe.rpush(key, payload)
-            pipe.expire(key, feed.REPLY_TTL_SECONDS)
-        self._queue_snapshots(pipe, batch, public_trades)
-        pipe.execute()
-        crash_point("engine.after_reply_before_ack")
-        acks: dict[str, list[bytes]] = {}
-        for command in commands:
-            if command.entry_id is not None:
-                acks.setdefault(feed.stream_key(command.symbol), []).append(command.entry_id)
-        if acks:
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, ids in acks.items():
-                pipe.xack(stream, feed.GROUP, *ids)
-                pipe.xdel(stream, *ids)  # acked entries are done: the DB is the journal
-            pipe.execute()
-        crash_point("engine.between_commit_and_enqueue")
-        if batch.trade_ids or batch.released_order_ids:
-            from settlement.services import outbox_dispatch
+    # ------------------------------------------------------------------ after commit
 
-            outbox_dispatch(trade_ids=batch.trade_ids, released_order_ids=batch.released_order_ids)
-        trades_per_symbol = Counter(market_book.symbol for market_book, _trade in batch.trades)
-        for symbol, count in trades_per_symbol.items():
-            metrics.TRADES.labels(symbol).inc(count)
+    def _render(self, commands, rows, batch: Batch, commit: services.Commit | None) -> Prepared:
+        """Replies, market data and acks as they will be sent once the batch is committed.
 
-    def _replies(self, commands, rows, batch: Batch, public_trades) -> list[tuple[str, str]]:
-        """Each waiting request gets its order's committed state and the batch's fills of it."""
+        Rendered now: the order objects and the books move on with the next batch.
+        """
+        prepared = Prepared(commands, commit)
+        prepared.statuses = {order_id: order.status for order_id, (_book, order) in batch.touched.items()}
+        trade_rows = commit.trade_rows if commit is not None else []
+        at = commit.at if commit is not None else datetime.now(UTC).isoformat()
+        public_trades = [(row, _trade_reply(row, at)) for row in trade_rows]
         fills: dict[int, list[dict]] = {}
         for row, public in public_trades:
             fills.setdefault(row.maker_order_id, []).append(public)
             fills.setdefault(row.taker_order_id, []).append(public)
-        out = []
-        updated_at = datetime.now(UTC).isoformat()
+        touched = batch.touched
+        keys, payloads = prepared.reply_keys, prepared.replies
         for command in commands:
             if not command.reply_to:
                 continue
-            touched = batch.touched.get(command.order_id)
-            if touched is None:
+            entry = touched.get(command.order_id)
+            if entry is None:
                 row = rows.get(command.order_id)
                 payload = {"order": None if row is None else {"id": row.id, "unchanged": True}}
             else:
-                market_book, order = touched
-                payload = {"order": _order_reply(market_book, order, updated_at), "trades": fills.get(order.id, [])}
-            out.append((command.reply_to, feed.dumps(payload)))
-        return out
-
-    # ------------------------------------------------------------------ market data
-
-    def _queue_snapshots(self, pipe, batch: Batch, public_trades) -> None:
+                market_book, order = entry
+                payload = {"order": _order_reply(market_book, order, at), "trades": fills.get(order.id, [])}
+            keys.append(command.reply_to)
+            payloads.append(feed.dumpb(payload))
         for market_book in batch.markets.values():
-            if market_book.book.take_touched() or batch.trade_rows:
-                _queue_snapshot(pipe, market_book)
+            if market_book.book.take_touched() or trade_rows:
+                prepared.market_data.extend(_snapshot(market_book))
         # One trades event per market and batch (not one per trade): consumers get the list.
         trades_by_market: dict[int, list[dict]] = {}
         for row, public in public_trades:
             trades_by_market.setdefault(row.market_id, []).append(public)
         for market_id, trades in trades_by_market.items():
-            symbol = self.by_market_id[market_id].symbol
-            pipe.publish(feed.events_channel(symbol), feed.dumps({"type": "trades", "trades": trades}))
+            channel = feed.events_channel(self.by_market_id[market_id].symbol)
+            prepared.market_data.append(("publish", channel, feed.dumpb({"type": "trades", "trades": trades})))
+        for command in commands:
+            if command.entry_id is not None:
+                prepared.acks.setdefault(feed.stream_key(command.symbol), []).append(command.entry_id)
+        return prepared
+
+    def _after_commit(self, prepared: Prepared) -> None:
+        """Only now that the batch is committed: reply, publish, ack, hand the outbox to Celery."""
+        commands, commit = prepared.commands, prepared.commit
+        metrics.BATCH_SIZE.observe(len(commands))
+        _count_commands(commands)
+        crash_point("engine.after_commit_before_reply")
+        if prepared.replies:
+            self._push_replies(keys=prepared.reply_keys, args=[feed.REPLY_TTL_SECONDS, *prepared.replies])
+        crash_point("engine.after_reply_before_ack")
+        pipe = self.redis.pipeline(transaction=False)
+        _queue_market_data(pipe, prepared.market_data)
+        for stream, ids in prepared.acks.items():
+            pipe.xack(stream, feed.GROUP, *ids)
+            pipe.xdel(stream, *ids)  # acked entries are done: the DB is the journal
+        if len(pipe):
+            pipe.execute()
+        crash_point("engine.between_commit_and_enqueue")
+        if commit is None:
+            return
+        if commit.trade_ids or commit.released_order_ids:
+            from settlement.services import outbox_dispatch
+
+            outbox_dispatch(trade_ids=commit.trade_ids, released_order_ids=commit.released_order_ids)
+        trades_per_market = Counter(row.market_id for row in commit.trade_rows)
+        for market_id, count in trades_per_market.items():
+            metrics.TRADES.labels(self.by_market_id[market_id].symbol).inc(count)
+
+    # ------------------------------------------------------------------ market data
 
     def _publish_snapshots(self, market_books) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for market_book in market_books:
             market_book.book.take_touched()
-            _queue_snapshot(pipe, market_book)
+            _queue_market_data(pipe, _snapshot(market_book))
         pipe.execute()
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A matched batch: what to write, and what to send once it is written."""
+
+    commands: list[feed.Command]
+    commit: services.Commit | None  # None: nothing to write (unknown orders only)
+    statuses: dict[int, str] = field(default_factory=dict)  # order id -> status after the batch
+    reply_keys: list[str] = field(default_factory=list)
+    replies: list[bytes] = field(default_factory=list)
+    market_data: list[tuple[str, str, bytes]] = field(default_factory=list)  # ("set" | "publish", key, value)
+    acks: dict[str, list[bytes]] = field(default_factory=dict)  # stream -> entry ids
+    future: Future | None = None  # the commit on the committer thread
+
+
+class _Skip(Exception):
+    """The batch was abandoned (ownership lost): nothing to answer, the books are dropped."""
+
+
+def _close_thread_connection() -> None:
+    connection.close()
 
 
 def _count_commands(commands) -> None:
@@ -414,7 +550,7 @@ def _count_commands(commands) -> None:
         metrics.COMMANDS.labels(symbol, kind).inc(count)
 
 
-def _queue_snapshot(pipe, market_book: MarketBook) -> None:
+def _snapshot(market_book: MarketBook) -> list[tuple[str, str, bytes]]:
     """The book as integers (ticks, lots); readers convert only the depth they serve."""
     book = market_book.book
     bids, asks = book.depth(SNAPSHOT_DEPTH)
@@ -425,8 +561,18 @@ def _queue_snapshot(pipe, market_book: MarketBook) -> None:
         "last_price": book.last_price,
         "at": datetime.now(UTC).isoformat(),
     }
-    pipe.set(feed.book_key(market_book.symbol), feed.dumps(snapshot))
-    pipe.publish(feed.events_channel(market_book.symbol), feed.dumps({"type": "book", "sequence": book.seq}))
+    return [
+        ("set", feed.book_key(market_book.symbol), feed.dumpb(snapshot)),
+        ("publish", feed.events_channel(market_book.symbol), feed.dumpb({"type": "book", "sequence": book.seq})),
+    ]
+
+
+def _queue_market_data(pipe, market_data) -> None:
+    for action, key, value in market_data:
+        if action == "set":
+            pipe.set(key, value)
+        else:
+            pipe.publish(key, value)
 
 
 def _order_reply(market_book: MarketBook, order: core.Order, updated_at: str) -> dict:

@@ -7,7 +7,9 @@ stream entry is just a doorbell naming an order id.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
 
 GROUP = "engine"
 PLACE = "place"
@@ -40,8 +42,7 @@ def reply_key(token: str) -> str:
     return f"engine:reply:{token}"
 
 
-@dataclass(slots=True, frozen=True)
-class Command:
+class Command(NamedTuple):  # a tuple: built once per stream entry, cheaply
     symbol: str
     kind: str  # PLACE | CANCEL
     order_id: int
@@ -70,8 +71,29 @@ def decode_command(symbol: str, entry_id: bytes, fields: dict) -> Command | None
 
 
 def dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return dumpb(value).decode()
+
+
+def dumpb(value) -> bytes:
+    """Compact JSON as bytes (what Redis stores anyway)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits (ticks on a fine tick): the stdlib writes it exactly
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def loads(raw: bytes | str):
-    return json.loads(raw)
+    return json.loads(raw)  # not orjson: it reads integers beyond 64 bits as floats
+
+
+# Replies go to per-request lists the API BLPOPs; each list expires if nobody
+# reads it. One script call per batch instead of an RPUSH and an EXPIRE per reply.
+# KEYS: reply lists; ARGV[1]: TTL seconds; ARGV[i + 1]: the reply for KEYS[i].
+REPLY_SCRIPT = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+    redis.call('RPUSH', key, ARGV[i + 1])
+    redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""

@@ -2,7 +2,9 @@
 
 The hot write path speaks set-based SQL on Django's own connection (one
 transaction per batch: `UPDATE ... FROM unnest(...)` for orders, `COPY` for
-trades and outbox rows); the models stay in the ORM.
+trades and outbox rows); the models stay in the ORM. A batch is rendered
+(`batch_prepare`, right after matching) apart from being written (`batch_write`,
+possibly on the engine's committer thread, with that thread's connection).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class MarketBook:
     units: MarketUnits
     book: OrderBook
     committed_seq: int
+    prepared_seq: int = 0  # the sequence the last prepared batch moves it to (the next batch's CAS)
     # order id -> hold amount, for every order in the book (to size hold releases)
     holds: dict[int, Decimal] = field(default_factory=dict)
     text: TextUnits | None = None
@@ -126,6 +129,7 @@ class MarketBook:
     taker_fee_text: str = ""
 
     def __post_init__(self):
+        self.prepared_seq = self.committed_seq
         units = self.units
         self.text = TextUnits(units)
         self.lot = units.lot_size
@@ -143,7 +147,18 @@ class Batch:
     touched: dict[int, tuple[MarketBook, core.Order]] = field(default_factory=dict)
     trades: list[tuple[MarketBook, core.Trade]] = field(default_factory=list)
     markets: dict[int, MarketBook] = field(default_factory=dict)
-    # filled after commit
+
+
+@dataclass(slots=True)
+class Commit:
+    """One batch rendered for the database: it no longer reads the (moving) books."""
+
+    now: datetime
+    at: str  # now, as COPY text
+    orders: list[tuple[MarketBook, list]] = field(default_factory=list)  # per market: update columns
+    # (market, sequence the previous batch left, sequence after this one, last price)
+    markets: list[tuple[MarketBook, int, int, Decimal | None]] = field(default_factory=list)
+    copies: list[tuple[str, bytes]] = field(default_factory=list)  # (COPY statement, rows)
     trade_ids: list[int] = field(default_factory=list)
     trade_rows: list[TradeRow] = field(default_factory=list)
     released_order_ids: list[int] = field(default_factory=list)
@@ -281,27 +296,51 @@ def reconcile_candidates(market_ids: list[int], *, min_age_seconds: float, limit
         return cursor.fetchall()
 
 
-def batch_commit(batch: Batch) -> None:
-    """Write everything the batch changed in one transaction; raise LeaseLost if fenced out.
+def batch_prepare(batch: Batch) -> Commit:
+    """Render what the batch changed as SQL parameters and COPY text (no write yet).
+
+    Done right after matching, before the books move on: the commit may then run
+    while the next batch is matched. Trade ids are drawn from the table's sequence
+    here (a gap when the commit fails is harmless, as with any sequence).
+    """
+    now = datetime.now(UTC)
+    commit = Commit(now=now, at=now.isoformat())
+    with connection.cursor() as cursor:
+        commit.trade_ids = _allocate_trade_ids(cursor, len(batch.trades))
+    _render_orders(batch, commit)
+    _render_trades(batch, commit)
+    _render_releases(batch, commit)
+    for market_book in batch.markets.values():
+        book = market_book.book
+        last_price = market_book.units.ticks_to_price(book.last_price) if book.last_price is not None else None
+        commit.markets.append((market_book, market_book.prepared_seq, book.seq, last_price))
+        market_book.prepared_seq = book.seq
+    return commit
+
+
+def batch_write(commit: Commit) -> None:
+    """Write a prepared batch in one transaction on this thread's connection; raise LeaseLost if fenced out.
 
     Orders: absolute state (idempotent). Trades, settlements, hold releases:
     inserted once (a trade's (taker, step) key is unique: a replay cannot insert
-    it twice). Each market's sequence moves forward only from what we last
-    committed (a compare-and-set that fences out a stale owner).
+    it twice). Each market's sequence moves forward only from what the previous
+    batch set (a compare-and-set that fences out a stale owner).
     """
-    now = datetime.now(UTC)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            trade_ids = _allocate_trade_ids(cursor, len(batch.trades))
-            _update_orders(cursor, batch, now)
-            _advance_markets(cursor, batch)
+            _advance_markets(cursor, commit)
+            for market_book, columns in commit.orders:
+                _update_orders(cursor, market_book, columns, commit.now)
         raw = connection.connection
         with raw.cursor() as cursor:
-            _copy_trades(cursor, batch, trade_ids, now)
-            _copy_releases(cursor, batch, now)
-    batch.trade_ids = trade_ids
-    for market_book in batch.markets.values():
-        market_book.committed_seq = market_book.book.seq
+            for statement, text in commit.copies:
+                with cursor.copy(statement) as copy:
+                    copy.write(text)
+
+
+def batch_committed(commit: Commit) -> None:
+    for market_book, _expected, seq, _last_price in commit.markets:
+        market_book.committed_seq = seq
 
 
 def _allocate_trade_ids(cursor, count: int) -> list[int]:
@@ -311,45 +350,56 @@ def _allocate_trade_ids(cursor, count: int) -> list[int]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def _update_orders(cursor, batch: Batch, now: datetime) -> None:
-    """Absolute state of every touched order, as integer units scaled in SQL (one statement per market)."""
+def _render_orders(batch: Batch, commit: Commit) -> None:
+    """Absolute state of every touched order, in integer units, one column list per market."""
     per_market: dict[int, tuple[MarketBook, list]] = {}
     for order_id, (market_book, order) in batch.touched.items():
-        columns = per_market.setdefault(market_book.market_id, (market_book, [[], [], [], [], [], [], []]))[1]
+        entry = per_market.get(market_book.market_id)
+        if entry is None:
+            entry = per_market[market_book.market_id] = (market_book, [[], [], [], [], [], [], []])
+        ids, statuses, reasons, filled, filled_quote, fees, seqs = entry[1]
         status = order.status
-        columns[0].append(order_id)
-        columns[1].append(status)
-        columns[2].append(order.reason if status in _REASONED else None)
-        columns[3].append(order.filled)
-        columns[4].append(order.filled_quote)
-        columns[5].append(order.fee)
-        columns[6].append(order.seq or None)
-    for market_book, columns in per_market.values():
-        cursor.execute(
-            """
-            UPDATE orders_order AS o
-               SET status = v.status, reject_reason = v.reason, filled_quantity = v.filled * %s,
-                   filled_quote = v.filled_quote * %s,
-                   fee_total = v.fee * CASE WHEN o.side = 'buy' THEN %s ELSE %s END,
-                   sequence = COALESCE(v.seq, o.sequence), updated_at = %s
-              FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[],
-                          %s::bigint[]) AS v(id, status, reason, filled, filled_quote, fee, seq)
-             WHERE o.id = v.id
-            """,
-            [market_book.lot, market_book.quote_unit, market_book.base_fee_unit, market_book.quote_fee_unit, now, *columns],
-        )
+        ids.append(order_id)
+        statuses.append(status)
+        reasons.append(order.reason if status in _REASONED else None)
+        filled.append(order.filled)
+        filled_quote.append(order.filled_quote)
+        fees.append(order.fee)
+        seqs.append(order.seq or None)
+    commit.orders = list(per_market.values())
+
+
+def _update_orders(cursor, market_book: MarketBook, columns: list, now: datetime) -> None:
+    """One market's touched orders, scaled from integer units in SQL.
+
+    `o.id = ANY(ids)` besides the join: it makes the planner reach the rows by the
+    primary key (an unnest's row count is a guess, and stale table statistics had it
+    hash-join against a sequential scan of the whole table).
+    """
+    cursor.execute(
+        """
+        UPDATE orders_order AS o
+           SET status = v.status, reject_reason = v.reason, filled_quantity = v.filled * %s,
+               filled_quote = v.filled_quote * %s,
+               fee_total = v.fee * CASE WHEN o.side = 'buy' THEN %s ELSE %s END,
+               sequence = COALESCE(v.seq, o.sequence), updated_at = %s
+          FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[],
+                      %s::bigint[]) AS v(id, status, reason, filled, filled_quote, fee, seq)
+         WHERE o.id = v.id AND o.id = ANY(%s)
+        """,
+        [market_book.lot, market_book.quote_unit, market_book.base_fee_unit, market_book.quote_fee_unit, now,
+         *columns, columns[0]],
+    )  # fmt: skip
 
 
 _REASONED = frozenset((core.EXPIRED, core.REJECTED, core.CANCELLED))
 
 
-def _advance_markets(cursor, batch: Batch) -> None:
-    for market_book in batch.markets.values():
-        book = market_book.book
-        last_price = market_book.units.ticks_to_price(book.last_price) if book.last_price is not None else None
+def _advance_markets(cursor, commit: Commit) -> None:
+    for market_book, expected, seq, last_price in commit.markets:
         cursor.execute(
             "UPDATE marketdata_market SET last_sequence = %s, last_price = %s WHERE id = %s AND last_sequence = %s",
-            [book.seq, last_price, market_book.market_id, market_book.committed_seq],
+            [seq, last_price, market_book.market_id, expected],
         )
         if cursor.rowcount != 1:
             raise LeaseLost(market_book.symbol)
@@ -374,7 +424,6 @@ class TradeRow(NamedTuple):
     seller_fee: str
     maker_fee_rate: str
     taker_fee_rate: str
-    created_at: datetime
 
 
 _TRADE_COLUMNS = (
@@ -384,12 +433,12 @@ _TRADE_COLUMNS = (
 )
 
 
-def _copy_trades(cursor, batch: Batch, trade_ids: list[int], now: datetime) -> None:
+def _render_trades(batch: Batch, commit: Commit) -> None:
     if not batch.trades:
         return
     steps: dict[int, int] = {}
     rows = []
-    for trade_id, (market_book, trade) in zip(trade_ids, batch.trades, strict=True):
+    for trade_id, (market_book, trade) in zip(commit.trade_ids, batch.trades, strict=True):
         text = market_book.text
         taker, maker = trade.taker, trade.maker
         step = steps[taker.id] = steps.get(taker.id, -1) + 1
@@ -402,27 +451,27 @@ def _copy_trades(cursor, batch: Batch, trade_ids: list[int], now: datetime) -> N
                 trade_id, market_book.market_id, trade.seq, text.price(trade.price), text.qty(trade.quantity),
                 text.quote(trade.quote), SIDE_NAMES[taker.side], maker.id, taker.id, step, buyer.owner,
                 seller.owner, text.base_fee(buyer_fee), text.quote_fee(seller_fee), market_book.maker_fee_text,
-                market_book.taker_fee_text, now,
+                market_book.taker_fee_text,
             )
         )
     # A taker's steps continue across batches only if it took before: it cannot
     # (a taker is placed once), so numbering from 0 per batch is stable on replay.
     # COPY text built here: one write per table instead of psycopg's per-value dumping.
-    at = now.isoformat()
-    _copy_text(
-        cursor,
+    at = commit.at
+    commit.copies.append((
         f"COPY orders_trade ({_TRADE_COLUMNS}) FROM STDIN",
-        ["\t".join(map(str, row[:-1])) + f"\t{at}\n" for row in rows],
-    )
-    _copy_text(
-        cursor,
-        "COPY settlement_settlement (trade_id, status, attempts, next_attempt_at, last_error, created_at, resolution_note) FROM STDIN",
-        [f"{row.id}\tpending\t0\t{at}\t\t{at}\t\n" for row in rows],
-    )
-    batch.trade_rows = rows
+        _copy_bytes("\t".join(map(str, row)) + f"\t{at}\n" for row in rows),
+    ))  # fmt: skip
+    commit.copies.append((
+        "COPY settlement_settlement (trade_id, status, attempts, next_attempt_at, last_error, created_at,"
+        " resolution_note) FROM STDIN",
+        _copy_bytes(f"{trade_id}\tpending\t0\t{at}\t\t{at}\t\n" for trade_id in commit.trade_ids),
+    ))  # fmt: skip
+    commit.trade_rows = rows
 
 
-def _copy_releases(cursor, batch: Batch, now: datetime) -> None:
+def _render_releases(batch: Batch, commit: Commit) -> None:
+    """What final orders did not spend of their hold goes back (one outbox row per order)."""
     releases = []
     for order_id, (market_book, order) in batch.touched.items():
         if order.status not in FINAL:
@@ -440,16 +489,15 @@ def _copy_releases(cursor, batch: Batch, now: datetime) -> None:
             releases.append((order_id, asset, rest))
     if not releases:
         return
-    at = now.isoformat()
-    _copy_text(
-        cursor,
-        "COPY settlement_holdrelease (order_id, asset, amount, status, attempts, next_attempt_at, last_error, created_at) FROM STDIN",
-        [f"{order_id}\t{asset}\t{rest:f}\tpending\t0\t{at}\t\t{at}\n" for order_id, asset, rest in releases],
-    )
-    batch.released_order_ids = [order_id for order_id, _, _ in releases]
+    at = commit.at
+    commit.copies.append((
+        "COPY settlement_holdrelease (order_id, asset, amount, status, attempts, next_attempt_at, last_error,"
+        " created_at) FROM STDIN",
+        _copy_bytes(f"{order_id}\t{asset}\t{rest:f}\tpending\t0\t{at}\t\t{at}\n" for order_id, asset, rest in releases),
+    ))  # fmt: skip
+    commit.released_order_ids = [order_id for order_id, _, _ in releases]
 
 
-def _copy_text(cursor, statement: str, lines: list[str]) -> None:
+def _copy_bytes(lines) -> bytes:
     """COPY rows given as text lines (values contain no tab, newline or backslash)."""
-    with cursor.copy(statement) as copy:
-        copy.write("".join(lines).encode())
+    return "".join(lines).encode()

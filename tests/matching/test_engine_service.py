@@ -178,3 +178,78 @@ def test_an_order_the_core_refuses_is_rejected_not_fatal(btc, make_user, pending
     assert HoldRelease.objects.get(order=bad).amount == Decimal("100")
     good = pending_order(make_user(), btc, "sell", "100.00", "1.000")
     assert _send(engine, feed.PLACE, good)["order"]["status"] == "open"
+
+
+def test_a_deep_stream_commits_in_the_background_and_answers_in_order(btc, make_user, pending_order, monkeypatch):
+    """Full batches commit on the committer thread while the next one is matched.
+
+    The first batch's commit is held back, so the second batch reads its rows while
+    they still say `pending`: the cancel must still cancel the resting order (not
+    place it again), and nothing is answered before its batch is committed.
+    """
+    import threading
+
+    from matching import services
+
+    engine = _engine("BTC-USDT")
+    engine.batch_size = 2
+    seller, buyer = make_user(), make_user()
+    resting = pending_order(seller, btc, "sell", "100.00", "1.000")
+    taker = pending_order(buyer, btc, "buy", "100.00", "0.400")
+    later = pending_order(buyer, btc, "buy", "99.00", "1.000")
+
+    release = threading.Event()
+    real_write = services.batch_write
+
+    def slow_write(commit):
+        release.wait(5)
+        real_write(commit)
+
+    monkeypatch.setattr(services, "batch_write", slow_write)
+    stream = feed.stream_key("BTC-USDT")
+
+    def ring(kind, order):
+        engine.redis.xadd(stream, feed.encode_command(kind, order.pk, feed.reply_key(f"deep-{order.pk}-{kind}")))
+
+    def reply(kind, order):
+        raw = engine.redis.lpop(feed.reply_key(f"deep-{order.pk}-{kind}"))
+        return feed.loads(raw) if raw else None
+
+    ring(feed.PLACE, resting)
+    ring(feed.PLACE, taker)
+    try:
+        _deep_stream(engine, btc, ring, reply, release, resting, taker, later)
+    finally:
+        release.set()
+        engine.close()
+
+
+def _deep_stream(engine, btc, ring, reply, release, resting, taker, later):
+    import threading
+
+    engine.step()  # a full batch: its commit waits on the committer thread
+    assert engine.inflight is not None
+    assert reply(feed.PLACE, resting) is None  # not committed, not answered
+    assert Order.objects.get(pk=resting.pk).status == "pending"
+
+    Order.objects.filter(pk=resting.pk).update(cancel_requested_at="2026-01-01T00:00:00Z")
+    ring(feed.CANCEL, resting)
+    ring(feed.PLACE, later)
+    threading.Timer(0.3, release.set).start()  # lands while the second batch is matched
+    engine.step()  # matches batch 2 on stale rows, waits for batch 1, then answers it
+    assert reply(feed.PLACE, resting)["order"]["status"] == "partially_filled"
+    assert reply(feed.PLACE, taker)["order"]["status"] == "filled"
+    assert reply(feed.CANCEL, resting) is None  # batch 2 is committing now
+
+    engine.step()  # the stream is drained: batch 2 is answered
+    cancelled = reply(feed.CANCEL, resting)
+    assert cancelled["order"]["status"] == "cancelled" and cancelled["order"]["filled_quantity"] == "0.400"
+    assert reply(feed.PLACE, later)["order"]["status"] == "open"
+    assert engine.inflight is None
+    assert Trade.objects.count() == 1
+    assert Order.objects.get(pk=resting.pk).status == "cancelled"
+    assert HoldRelease.objects.get(order=resting).amount == Decimal("0.6")
+    snapshot = book_snapshot("BTC-USDT")
+    assert snapshot["asks"] == [] and snapshot["bids"] == [[9900, 1000]]
+    btc.refresh_from_db()
+    assert btc.last_sequence == snapshot["sequence"] == engine.books["BTC-USDT"].committed_seq
