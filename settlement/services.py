@@ -726,17 +726,19 @@ def outbox_dispatch(*, trade_ids: list[int], released_order_ids: list[int]) -> N
 
     One message per `batch_size()` ids, so several workers share a big batch. A
     lost message (or a broker that is down right now) is harmless: beat
-    re-enqueues rows left pending past a deadline (`outbox_sweep`).
+    re-enqueues rows left pending past a deadline (`outbox_sweep`). The messages
+    of one call share one producer (one broker connection taken from the pool).
     """
     from settlement import tasks
 
     size = batch_size()
     route = _route()
     try:
-        for chunk in _chunks(_unique(trade_ids), size):
-            tasks.settle_trades.apply_async(args=[chunk], **route)
-        for chunk in _chunks(_unique(released_order_ids), size):
-            tasks.release_holds.apply_async(args=[chunk], **route)
+        with tasks.settle_trades.app.producer_or_acquire() as producer:
+            for chunk in _chunks(_unique(trade_ids), size):
+                tasks.settle_trades.apply_async(args=[chunk], producer=producer, **route)
+            for chunk in _chunks(_unique(released_order_ids), size):
+                tasks.release_holds.apply_async(args=[chunk], producer=producer, **route)
     except Exception:  # the rows are committed: the sweep will send them
         logger.warning(
             "settlement: enqueue failed; the outbox sweep will pick the rows up", exc_info=True
