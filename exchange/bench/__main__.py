@@ -41,7 +41,7 @@ from pathlib import Path
 
 from exchange.bench.load import Driver, HttpClient, Op, Recorder
 from exchange.bench.probes import CpuMeter, Profiler, machine, top_functions
-from exchange.bench.stack import ROOT, Stack
+from exchange.bench.stack import Stack
 from exchange.bench.workload import (
     BARE,
     CANCEL,
@@ -54,6 +54,7 @@ from exchange.bench.workload import (
     Trader,
     Workload,
 )
+from exchange.processes import ROOT
 
 P99_LIMIT_MS = 50.0
 TARGETS = {"orders_per_sec": 350, "p99_ms": 50, "settlement_lag_p99_ms": 2000, "ratio_to_bare": 0.12}

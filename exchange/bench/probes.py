@@ -21,6 +21,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from exchange.processes import process_table
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -32,22 +34,6 @@ def _proc_cpu(pid: int) -> float:
         return 0.0
     fields = stat[stat.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def _all_stats() -> dict[int, tuple[int, float]]:
-    """pid -> (session id, cpu seconds)."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        out[int(entry.name)] = (int(fields[3]), (int(fields[11]) + int(fields[12])) / TICKS)
-    return out
 
 
 def _cmdline(pid: int) -> bytes:
@@ -96,7 +82,7 @@ class CpuMeter:
         """pid -> (role, cpu seconds) for every process we account for."""
         out = {}
         role_of = {sid: role for role, sid in self.groups.items()}
-        for pid, (sid, cpu) in _all_stats().items():
+        for pid, (sid, cpu) in process_table().items():
             role = role_of.get(sid)
             if role is None and self.database_marker in _cmdline(pid).replace(b"\0", b" ") + b" ":
                 role = "postgres"

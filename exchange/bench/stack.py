@@ -25,19 +25,21 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
-ROOT = Path(__file__).resolve().parents[2]
-GUNICORN_CONFIG = "exchange/gunicorn.conf.py"
+from exchange.processes import (
+    ProjectProcess,
+    database_url,
+    free_port,
+    gunicorn_argv,
+    start_process,
+    wait_ready,
+)
+
 MARKETS = ("BTC-USDT", "ETH-USDT")
 # The filters of `create_default_markets` (what `make run` creates).
 MARKET_FILTERS = {
@@ -50,131 +52,7 @@ MARKET_FILTERS = {
 HIGH_RATE = "100000000/min"  # throttles stay in the path, out of the way
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# --- processes -------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A started process, leader of its own session; `stop()` ends its whole group."""
-
-    name: str
-    argv: list[str]
-    popen: subprocess.Popen
-    log_path: Path
-    url: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def logs(self, tail: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
-        except FileNotFoundError:
-            return ""
-
-    def group_pids(self) -> list[int]:
-        """This process and every descendant still in its session (gunicorn/celery workers)."""
-        return [pid for pid, sid in _sessions().items() if sid == self.pid]
-
-    def _signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            self._signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=timeout)
-        self._signal(signal.SIGKILL)  # whatever of the group outlived its leader
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-
-
-def _sessions() -> dict[int, int]:
-    """pid -> session id, for every process we can see."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        out[int(entry.name)] = int(fields[3])  # state ppid pgrp session ...
-    return out
-
-
-def start_process(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> Proc:
-    log_path = log_dir / f"{name}.log"
-    with open(log_path, "ab") as log_file:
-        popen = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    return Proc(name=name, argv=argv, popen=popen, log_path=log_path)
-
-
-def wait_http(proc: Proc, url: str, *, timeout: float = 60.0, headers: dict | None = None) -> None:
-    """Until `url` answers 2xx; fails early, with the log, if the process dies."""
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers=headers or {})
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) before it was ready:\n{proc.logs()}")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if 200 <= response.status < 300:
-                    return
-                last = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:300]!r}"
-        except OSError as exc:
-            last = exc.__class__.__name__
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready at {url} after {timeout:.0f}s ({last}):\n{proc.logs()}")
-
-
-def gunicorn_argv(port: int, workers: int) -> list[str]:
-    """The Procfile's web/wallet command line."""
-    return [
-        sys.executable, "-m", "gunicorn", "exchange.wsgi", "--config", GUNICORN_CONFIG,
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-    ]  # fmt: skip
-
-
 # --- database and redis ------------------------------------------------------------------
-
-
-def database_url(settings_dict: dict) -> str:
-    """A DATABASE_URL that django-environ parses back into `settings_dict` (a unix-socket
-    directory goes percent-encoded into the path: environ reads `/dir/name` as HOST + NAME)."""
-    user = quote(str(settings_dict.get("USER") or ""), safe="")
-    password = quote(str(settings_dict.get("PASSWORD") or ""), safe="")
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    host = str(settings_dict.get("HOST") or "")
-    port = str(settings_dict.get("PORT") or "")
-    port_part = f":{port}" if port else ""
-    name = quote(str(settings_dict["NAME"]), safe="")
-    if host.startswith("/"):
-        url = f"postgres://{auth}{port_part}/{quote(host, safe='')}/{name}"
-    else:
-        host = f"[{host}]" if ":" in host else host
-        url = f"postgres://{auth}{host}{port_part}/{name}"
-    options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if isinstance(v, str | int)}
-    return f"{url}?{urlencode(options)}" if options else url
 
 
 class BenchDatabase:
@@ -229,7 +107,7 @@ class PrivateRedis:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.proc: Proc | None = None
+        self.proc: ProjectProcess | None = None
         self.url = ""
 
     def start(self) -> str:
@@ -242,7 +120,7 @@ class PrivateRedis:
             str(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(self.directory),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
         ]  # fmt: skip
-        self.proc = start_process("redis", argv, env=dict(os.environ), log_dir=self.directory)
+        self.proc = start_process("redis", argv, env=dict(os.environ), log_dir=self.directory, log_name="redis.log")
         deadline = time.monotonic() + 10
         while not _answers_ping(port):
             if not self.proc.alive() or time.monotonic() > deadline:
@@ -280,7 +158,7 @@ class Stack:
     keep_database: bool = False
     jwt_seconds: int = 3600
     settings_module: str = "exchange.settings"
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, ProjectProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     web_url: str = ""
     wallet_url: str = ""
@@ -361,19 +239,19 @@ class Stack:
         web_port = int(self.web_url.rsplit(":", 1)[1])
         bare_port = free_port()
         self.bare_url = f"http://127.0.0.1:{bare_port}"
-        self._start("wallet", gunicorn_argv(wallet_port, self.web_workers), EXCHANGE_ROLE="wallet")
+        self._start("wallet", gunicorn_argv(wallet_port, workers=self.web_workers), EXCHANGE_ROLE="wallet")
         self._start("engine", [sys.executable, "manage.py", "run_matching_engine", "--metrics-port", self.env["ENGINE_METRICS_PORT"]])
         self._start("worker", [sys.executable, "-m", "celery", "-A", "exchange", "worker", "--loglevel", "INFO", "--concurrency", "2"])
         self._start("beat", [sys.executable, "-m", "celery", "-A", "exchange", "beat", "--loglevel", "INFO",
                              "--schedule", str(self.log_dir / "celerybeat-schedule")])  # fmt: skip
-        self._start("web", gunicorn_argv(web_port, self.web_workers))
-        self._start("bare", gunicorn_argv(bare_port, self.web_workers), DJANGO_SETTINGS_MODULE="exchange.bench.settings")
-        wait_http(self.procs["wallet"], f"{self.wallet_url}/healthz")
+        self._start("web", gunicorn_argv(web_port, workers=self.web_workers))
+        self._start("bare", gunicorn_argv(bare_port, workers=self.web_workers), DJANGO_SETTINGS_MODULE="exchange.bench.settings")
+        wait_ready(self.procs["wallet"], f"{self.wallet_url}/healthz", timeout=60)
         # readyz: database, Redis, and a live engine for every enabled market
-        wait_http(self.procs["web"], f"{self.web_url}/readyz")
+        wait_ready(self.procs["web"], f"{self.web_url}/readyz", timeout=60)
         from exchange.bench.urls import BARE_PATH
 
-        wait_http(self.procs["bare"], self.bare_url + BARE_PATH)
+        wait_ready(self.procs["bare"], self.bare_url + BARE_PATH, timeout=60)
         log(f"  wallet, web, bare ({self.web_workers} workers each), engine, worker, beat up ({time.monotonic() - started:.1f}s)")
 
     def stop_bare(self) -> None:
@@ -381,8 +259,9 @@ class Stack:
         if proc is not None:
             proc.stop()
 
-    def _start(self, name: str, argv: list[str], **extra_env: str) -> Proc:
-        proc = start_process(name, argv, env=self._child_env(**extra_env), log_dir=self.log_dir)
+    def _start(self, name: str, argv: list[str], **extra_env: str) -> ProjectProcess:
+        env = self._child_env(**extra_env)
+        proc = start_process(name, argv, env=env, log_dir=self.log_dir, log_name=f"{name}.log")
         self.procs[name] = proc
         return proc
 

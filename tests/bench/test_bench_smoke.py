@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from exchange.bench.stack import ROOT
+from exchange.processes import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

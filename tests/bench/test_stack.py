@@ -3,7 +3,7 @@
 import environ
 import pytest
 
-from exchange.bench.stack import database_url
+from exchange.processes import database_url
 
 
 @pytest.mark.parametrize(
