@@ -78,7 +78,7 @@ from .types import (
 _NO_LIMIT = 1 << 62
 
 # Why a taker's matching loop stopped inside a level (else it filled, or ran out of
-# levels within its limit).
+# levels within its limit). _STOP_GO is falsy so the loop can test ``if stop``.
 _STOP_GO = 0
 _STOP_FUNDS = 1  # quote_limit cannot buy one more lot at the next price
 _STOP_STP = 2  # met its owner's resting order and must not continue
@@ -95,12 +95,13 @@ _COMPACT_MIN_DEAD = 32
 class _Level:
     """One price level: FIFO of orders and the running total of their remaining lots."""
 
-    __slots__ = ("side", "price", "key", "total", "orders", "dead")
+    __slots__ = ("side", "price", "key", "total", "orders", "dead", "ident")
 
     def __init__(self, side: int, price: int, key: int) -> None:
         self.side = side
         self.price = price
         self.key = key
+        self.ident = (side, price)  # what take_touched() reports, built once
         self.total = 0
         self.orders: deque[Order] = deque()
         self.dead = 0
@@ -331,7 +332,14 @@ class OrderBook:
         if mine is not None:
             lvl = mine.levels.get(key)
             if lvl is None:
-                lvl = mine.add_level(price, key)
+                # add_level inline: a third of resting orders open a level, and a
+                # Python call costs as much as the rest of this path.
+                lvl = mine.spare.pop(key, None) or _Level(side, price, key)
+                mine.levels[key] = lvl
+                heappush(mine.heap, key)
+                best = mine.best
+                if best is None or key < best.key:
+                    mine.best = lvl
             lvl.orders.append(order)
             lvl.total += qty
             self._index[order.id] = order
@@ -437,7 +445,7 @@ class OrderBook:
         """Return the ``(side, price)`` levels changed since the last call and reset. O(1)."""
         touched = self._touched
         self._touched = set()
-        return {(lvl.side, lvl.price) for lvl in touched}
+        return {lvl.ident for lvl in touched}
 
     def orders(self) -> Iterator[Order]:
         """Iterate resting and untriggered orders by seq. O(n log n)."""
@@ -544,6 +552,7 @@ class OrderBook:
                 lvl = side.levels[key]
                 _require(lvl.key == key and side.key_of(lvl.price) == key, "level key mismatch")
                 _require(lvl.side == side.side, "level on the wrong side")
+                _require(lvl.ident == (lvl.side, lvl.price), "level ident mismatch")
                 _require(lvl.total > 0, f"empty level at {lvl.price}")
                 total = dead = 0
                 last_seq = 0
@@ -641,9 +650,7 @@ class OrderBook:
         else:
             side = self._asks
             key = price
-        lvl = side.levels.get(key)
-        if lvl is None:
-            lvl = side.add_level(price, key)
+        lvl = side.levels.get(key) or side.add_level(price, key)
         lvl.orders.append(order)
         lvl.total += order.remaining
         self._index[order.id] = order
@@ -760,7 +767,7 @@ class OrderBook:
                     if stp != EXPIRE_MAKER:
                         stop = _STOP_STP
                         break
-                    if total == 0:
+                    if not total:
                         break
                     continue
                 quote = px * qty
@@ -770,29 +777,43 @@ class OrderBook:
                 else:
                     maker_fee = qty * mnum
                     fee = quote * tnum
-                mrem -= qty
-                maker.remaining = mrem
+                if qty == mrem:
+                    q.popleft()
+                    del index[maker.id]
+                    maker.remaining = 0
+                    maker.status = FILLED
+                else:
+                    maker.remaining = mrem - qty
+                    maker.status = PARTIALLY_FILLED
                 maker.filled += qty
                 maker.filled_quote += quote
                 maker.fee += maker_fee
-                if mrem:
-                    maker.status = PARTIALLY_FILLED
-                else:
-                    maker.status = FILLED
-                    q.popleft()
-                    del index[maker.id]
                 seq += 1
                 append(Trade((seq, maker, taker, px, qty, quote, maker_fee, fee)))
                 filled_quote += quote
                 total -= qty
                 need -= qty
                 last_px = px
-                if need == 0 or total == 0:
+                if not need or not total:
                     break
             lvl.total = total
-            if total == 0:
-                lvl = opp.drop_best()
-            if stop != _STOP_GO or need == 0 or lvl is None or lvl.key > limit_key:
+            if not total:
+                # drop_best inline (a Python call costs as much as the rest): retire
+                # the empty level, pop its key and any stale ones, take the next best.
+                levels = opp.levels
+                del levels[lvl.key]
+                if q:
+                    q.clear()  # only dead entries can be left
+                    lvl.dead = 0
+                spare = opp.spare
+                if len(spare) >= _SPARE_LEVELS:
+                    spare.clear()
+                spare[lvl.key] = lvl
+                heap = opp.heap
+                while heap and heap[0] not in levels:
+                    heappop(heap)
+                opp.best = lvl = levels[heap[0]] if heap else None
+            if stop or not need or lvl is None or lvl.key > limit_key:
                 break
         self.seq = seq
         # The taker's totals, once: its per-trade fees sum to this exactly.
@@ -821,10 +842,16 @@ class OrderBook:
             self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
         elif stop == _STOP_FUNDS:
             self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
-        elif tif == GTC:
-            self._rest_or_expire(taker, left, events)
-        else:
+        elif tif != GTC:
             self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+        elif limited and taker.price * need > left:
+            # Resting would let it buy more than its hold as a maker.
+            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+        else:
+            taker.status = PARTIALLY_FILLED if filled else OPEN
+            self._rest(taker)
+            self.seq = seq = seq + 1
+            append(Accepted((seq, taker)))
         return events
 
     def _fok_fillable(
