@@ -213,7 +213,7 @@ def _burst(r, conn, order_ids: list[int], seed: int) -> dict:
             pipe.execute()
     pipe.execute()
     if cancels:
-        conn.execute("UPDATE orders_order SET cancel_requested_at = now() WHERE id = ANY(%s)", [cancels])
+        _mark_cancels(conn, cancels)
         for chunk in range(0, len(cancels), 2000):
             for order_id in cancels[chunk: chunk + 2000]:
                 pipe.xadd(stream, feed.encode_command(feed.CANCEL, order_id, feed.reply_key(f"{RUN}c{order_id}")))
@@ -227,6 +227,27 @@ def _burst(r, conn, order_ids: list[int], seed: int) -> dict:
     seconds = time.perf_counter() - started
     trades = conn.execute("SELECT count(*) FROM orders_trade").fetchone()[0]
     return {"commands": len(order_ids) + len(cancels), "seconds": seconds, "trades": trades}
+
+
+def _mark_cancels(conn, order_ids: list[int]) -> None:
+    """Record the cancel requests (the API does this one row at a time).
+
+    The rows are locked in id order, and a deadlock with the engine's batch update
+    (which holds some of them) is retried: it must not end the benchmark.
+    """
+    import psycopg
+
+    for _attempt in range(10):
+        try:
+            conn.execute(
+                "UPDATE orders_order SET cancel_requested_at = now() WHERE id IN"
+                " (SELECT id FROM orders_order WHERE id = ANY(%s) ORDER BY id FOR UPDATE)",
+                [sorted(set(order_ids))],
+            )
+            return
+        except psycopg.errors.DeadlockDetected:
+            time.sleep(0.05)
+    raise SystemExit("could not record the cancel requests")
 
 
 def _paced(r, order_ids: list[int], rate: int) -> dict:

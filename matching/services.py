@@ -354,7 +354,8 @@ def _allocate_trade_ids(cursor, count: int) -> list[int]:
 def _render_orders(batch: Batch, commit: Commit) -> None:
     """Absolute state of every touched order, in integer units, one column list per market."""
     per_market: dict[int, tuple[MarketBook, list]] = {}
-    for order_id, (market_book, order) in batch.touched.items():
+    # By id: rows are then locked in one order whoever else updates several of them.
+    for order_id, (market_book, order) in sorted(batch.touched.items()):
         entry = per_market.get(market_book.market_id)
         if entry is None:
             entry = per_market[market_book.market_id] = (market_book, [[], [], [], [], [], [], []])
