@@ -739,7 +739,6 @@ class OrderBook:
         need = start = _NO_LIMIT if by_quote else taker.remaining
         limited = left is not None
         owner = taker.owner
-        stp = self.stp
         mnum = self.maker_fee
         tnum = self.taker_fee
         index = self._index
@@ -770,6 +769,7 @@ class OrderBook:
                     if qty > afford:
                         qty = afford
                 if maker.owner == owner:
+                    stp = self.stp  # rare: not worth a local up front
                     if stp != EXPIRE_TAKER:
                         q.popleft()
                         total -= mrem
@@ -851,7 +851,7 @@ class OrderBook:
                 self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
             return events
         taker.remaining = need
-        if need == 0:
+        if not need:
             taker.status = FILLED
         elif stop == _STOP_STP:
             self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
