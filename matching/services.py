@@ -96,12 +96,16 @@ def _formatter(coefficient: int, exponent: int):
         multiplier = coefficient * 10**exponent
         return lambda n: str(n * multiplier)
     places = -exponent
-    scale = 10**places
+    pad = "0" * places
 
     def fmt(n: int) -> str:
         value = n * coefficient
-        whole, frac = divmod(-value if value < 0 else value, scale)
-        return f"{'-' if value < 0 else ''}{whole}.{frac:0{places}d}"
+        if value < 0:
+            return "-" + fmt(-n)
+        digits = str(value)  # then the point goes in by slicing (cheaper than divmod and a format spec)
+        if len(digits) <= places:
+            digits = (pad + digits)[-places - 1 :]
+        return f"{digits[:-places]}.{digits[-places:]}"
 
     return fmt
 
