@@ -367,11 +367,11 @@ def _render_orders(batch: Batch, commit: Commit) -> None:
         status = order.status
         ids.append(order_id)
         statuses.append(status)
-        reasons.append(order.reason if status in _REASONED else None)
+        reasons.append(order.reason if status in _REASONED else "NULL")
         filled.append(order.filled)
         filled_quote.append(order.filled_quote)
         fees.append(order.fee)
-        seqs.append(order.seq or None)
+        seqs.append(order.seq or "NULL")
     # Array parameters as literals: a few joins here instead of psycopg quoting each element.
     commit.orders = [
         (market_book, [_int_array(ids), _word_array(statuses), _word_array(reasons), _int_array(filled),
@@ -510,19 +510,19 @@ def _render_releases(batch: Batch, commit: Commit) -> None:
 
 
 def _int_array(values) -> str:
-    """A PostgreSQL array literal of integers (None is NULL)."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    """A PostgreSQL array literal of integers (and "NULL"s)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _word_array(values) -> str:
-    """A PostgreSQL array literal of words ([a-z_] statuses and reasons; None is NULL)."""
+    """A PostgreSQL array literal of words ([a-z_] statuses and reasons; "NULL" is NULL)."""
     for v in set(values):
-        if v is not None and not _WORD.fullmatch(v):
+        if not _WORD.fullmatch(v):
             raise ValueError(f"not a plain word: {v!r}")
-    return "{" + ",".join("NULL" if v is None else v for v in values) + "}"
+    return "{" + ",".join(values) + "}"
 
 
-_WORD = re.compile(r"[a-z_]+")
+_WORD = re.compile(r"[a-z_]+|NULL")
 
 
 def _copy_bytes(lines) -> bytes:
