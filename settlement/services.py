@@ -727,7 +727,9 @@ def outbox_dispatch(*, trade_ids: list[int], released_order_ids: list[int]) -> N
     One message per `batch_size()` ids, so several workers share a big batch. A
     lost message (or a broker that is down right now) is harmless: beat
     re-enqueues rows left pending past a deadline (`outbox_sweep`). The messages
-    of one call share one producer (one broker connection taken from the pool).
+    of one call share one producer (one broker connection taken from the pool),
+    and their argument summaries for monitoring are given, not made by Celery's
+    repr of every id (that was most of the cost of sending).
     """
     from settlement import tasks
 
@@ -735,14 +737,26 @@ def outbox_dispatch(*, trade_ids: list[int], released_order_ids: list[int]) -> N
     route = _route()
     try:
         with tasks.settle_trades.app.producer_or_acquire() as producer:
-            for chunk in _chunks(_unique(trade_ids), size):
-                tasks.settle_trades.apply_async(args=[chunk], producer=producer, **route)
-            for chunk in _chunks(_unique(released_order_ids), size):
-                tasks.release_holds.apply_async(args=[chunk], producer=producer, **route)
+            for task, ids in (
+                (tasks.settle_trades, trade_ids),
+                (tasks.release_holds, released_order_ids),
+            ):
+                for chunk in _chunks(_unique(ids), size):
+                    task.apply_async(
+                        args=[chunk],
+                        producer=producer,
+                        argsrepr=_ids_repr(chunk),
+                        kwargsrepr="{}",
+                        **route,
+                    )
     except Exception:  # the rows are committed: the sweep will send them
         logger.warning(
             "settlement: enqueue failed; the outbox sweep will pick the rows up", exc_info=True
         )
+
+
+def _ids_repr(ids: list[int]) -> str:
+    return f"[{len(ids)} ids: {ids[0]}..{ids[-1]}]"
 
 
 def outbox_sweep(*, grace_seconds: float | None = None, limit: int | None = None) -> dict[str, int]:
