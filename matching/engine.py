@@ -222,7 +222,7 @@ class Engine:
             pipe.exists(feed.book_key(symbol))
         replies = pipe.execute()
         lost = [self.books[symbol] for symbol, present in zip(symbols, replies[1::2], strict=True) if not present]
-        if lost:
+        if lost and self.inflight is None:  # else the books are ahead of the DB; the batch republishes
             self._publish_snapshots(lost)
 
     # ------------------------------------------------------------------ input
