@@ -23,7 +23,7 @@ def _orders(user, market, n):
 def test_my_orders_list(auth_client, market, n, django_assert_num_queries):
     client = auth_client()
     _orders(client.user, market(), n)
-    with django_assert_num_queries(2):  # the token's user (first request), then the page with its markets
+    with django_assert_num_queries(2):  # the token's user, then the page with its markets
         response = client.get("/api/v1/orders")
     assert len(response.json()["data"]) == n
 
@@ -42,9 +42,8 @@ def test_market_trades_list(auth_client, market, make_user, n, django_assert_num
             taker_fee_rate=Decimal("0.002"), created_at="2026-01-01T00:00:00Z",
         )  # fmt: skip
     client.get("/api/v1/trades?symbol=BTC-USDT")  # fills the per-process market cache
-    # The warm-up also cached the token's user (per process, for JWT_USER_CACHE_SECONDS).
-    with django_assert_num_queries(1):  # the page with its markets
+    with django_assert_num_queries(2):  # the token's user, then the page with its markets
         response = client.get("/api/v1/trades?symbol=BTC-USDT")
     assert len(response.json()["data"]) == n
-    with django_assert_num_queries(2):  # the order with its market, its fills
+    with django_assert_num_queries(3):  # the token's user, the order with its market, its fills
         client.get(f"/api/v1/orders/{taker.pk}")
