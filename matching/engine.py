@@ -41,6 +41,7 @@ from marketdata.models import Market
 from matching import core, feed, metrics, services
 from matching.services import Batch, LeaseLost, MarketBook
 from orders.models import Order
+from settlement.relay import OutboxRelay
 
 logger = logging.getLogger("matching.engine")
 
@@ -78,6 +79,7 @@ class Engine:
         # Commits of a deep stream run here (on this thread's own DB connection), one at a time, in order.
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-commit")
         self.inflight: Prepared | None = None  # the batch committing on it, not yet answered
+        self.outbox = OutboxRelay()  # committed settlements and releases, to Celery once per interval
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,6 +114,7 @@ class Engine:
                 backoff = min(backoff * 2, 5.0)
         try:
             self._drain()
+            self.outbox.flush(force=True)
         except Exception:
             logger.exception("could not answer the last batch; its commands are re-delivered")
         self.close()
@@ -148,6 +151,7 @@ class Engine:
                 self._drain()
         except _Skip:
             pass  # ownership lost: the books are dropped and re-taken (or left to the new owner)
+        self.outbox.flush()  # what earlier batches committed, once the interval is over
 
     # ------------------------------------------------------------------ ownership
 
@@ -505,10 +509,7 @@ class Engine:
         crash_point("engine.between_commit_and_enqueue")
         if commit is None:
             return
-        if commit.trade_ids or commit.released_order_ids:
-            from settlement.services import outbox_dispatch
-
-            outbox_dispatch(trade_ids=commit.trade_ids, released_order_ids=commit.released_order_ids)
+        self.outbox.add(trade_ids=commit.trade_ids, released_order_ids=commit.released_order_ids)
         trades_per_market = Counter(row.market_id for row in commit.trade_rows)
         for market_id, count in trades_per_market.items():
             metrics.TRADES.labels(self.by_market_id[market_id].symbol).inc(count)

@@ -20,9 +20,7 @@ from django.conf import settings
 
 class OutboxRelay:
     def __init__(self, dispatch: Callable[..., None] | None = None, *, interval: float | None = None, clock=time.monotonic):
-        if dispatch is None:
-            from settlement.services import outbox_dispatch as dispatch
-        self.dispatch = dispatch
+        self.dispatch = dispatch  # None: settlement.services.outbox_dispatch, looked up at each send
         self.interval = settings.SETTLEMENT_DISPATCH_INTERVAL_SECONDS if interval is None else interval
         self.clock = clock
         self.trade_ids: list[int] = []
@@ -45,4 +43,9 @@ class OutboxRelay:
         trade_ids, self.trade_ids = self.trade_ids, []
         released_order_ids, self.released_order_ids = self.released_order_ids, []
         self.next_at = now + self.interval
-        self.dispatch(trade_ids=trade_ids, released_order_ids=released_order_ids)
+        dispatch = self.dispatch
+        if dispatch is None:
+            from settlement import services
+
+            dispatch = services.outbox_dispatch
+        dispatch(trade_ids=trade_ids, released_order_ids=released_order_ids)
