@@ -77,8 +77,7 @@ def _drop_database(base: dict, name: str) -> None:
 
 
 def _env(base: dict, db_name: str, redis_url: str) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from tests.support.processes import database_url
+    from exchange.processes import database_url
 
     return {
         **os.environ,
