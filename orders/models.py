@@ -41,7 +41,8 @@ class Order(models.Model):
     RESTING_STATUSES = (Status.UNTRIGGERED, Status.OPEN, Status.PARTIALLY_FILLED)
     FINAL_STATUSES = (Status.FILLED, Status.CANCELLED, Status.EXPIRED, Status.REJECTED)
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    # Indexed as the first column of order_user_recent and order_user_status.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders", db_index=False)
     market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="orders")
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
     side = models.CharField(max_length=4, choices=Side.choices)
@@ -102,19 +103,22 @@ class Order(models.Model):
 class Trade(models.Model):
     """One fill between a resting maker and an incoming taker, as the engine committed it."""
 
-    market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="trades")
+    # No single-column indexes on the foreign keys: each is the first column of an
+    # index below (or of the unique constraint), and every index is paid for on each
+    # of the engine's trade inserts.
+    market = models.ForeignKey(Market, on_delete=models.PROTECT, related_name="trades", db_index=False)
     sequence = models.BigIntegerField()
     price = models.DecimalField(**MONEY)
     quantity = models.DecimalField(**MONEY)
     quote_quantity = models.DecimalField(**MONEY)
     taker_side = models.CharField(max_length=4, choices=Order.Side.choices)
-    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
-    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
+    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades", db_index=False)
+    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades", db_index=False)
     # The n-th fill of its taker: (taker_order, taker_step) is the tripwire that
     # makes a replayed command unable to insert the same trade twice.
     taker_step = models.IntegerField()
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="buys")
-    seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sells")
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="buys", db_index=False)
+    seller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sells", db_index=False)
     buyer_fee = models.DecimalField(**MONEY)
     seller_fee = models.DecimalField(**MONEY)
     maker_fee_rate = models.DecimalField(**MONEY)
