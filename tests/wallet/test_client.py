@@ -145,29 +145,30 @@ def test_timeouts_and_5xx_are_unavailable(monkeypatch):
     def timeout(*args, **kwargs):
         raise requests.ReadTimeout("slow")
 
-    monkeypatch.setattr(client.session, "request", timeout)
+    monkeypatch.setattr(client.adapter, "send", timeout)
     with pytest.raises(WalletUnavailable):
         client.totals()
 
     class Failing:
         status_code = 502
+        content = b"<html>bad gateway</html>"
 
         def json(self):
             raise ValueError
 
-    monkeypatch.setattr(client.session, "request", lambda *a, **k: Failing())
+    monkeypatch.setattr(client.adapter, "send", lambda *a, **k: Failing())
     with pytest.raises(WalletUnavailable):
         client.apply([])
 
 
-def test_session_is_pooled_and_retries_connect_errors_only():
+def test_transport_is_pooled_and_retries_connect_errors_only():
     client = WalletClient("http://wallet.invalid", "t", 3.0)
-    adapter = client.session.get_adapter("http://wallet.invalid/")
+    adapter = client.adapter
     assert adapter._pool_maxsize == client_module.POOL_SIZE
     retry = adapter.max_retries
     assert (retry.connect, retry.read, retry.status) == (client_module.CONNECT_RETRIES, 0, 0)
     assert client.timeout == (2.0, 3.0)
-    assert client.session.headers["Authorization"] == "Bearer t"
+    assert client.headers["Authorization"] == "Bearer t"
 
 
 def test_concurrent_holds_over_http_never_overdraw(wc):
