@@ -332,9 +332,10 @@ class Engine:
         try:
             self._write(prepared)
         except Exception as exc:
-            self._finish(prepared, exc)
-        self._finish(prepared, None)
-        self._after_commit(prepared)
+            self._finish(prepared, exc)  # raises
+        else:
+            self._finish(prepared, None)
+            self._after_commit(prepared)
 
     def _prepare(self, commands: list[feed.Command]) -> Prepared:
         rows = services.orders_fetch({command.order_id for command in commands})

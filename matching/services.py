@@ -159,7 +159,6 @@ class Commit:
     """One batch rendered for the database: it no longer reads the (moving) books."""
 
     now: datetime
-    at: str  # now, as COPY text
     orders: list[tuple[MarketBook, list]] = field(default_factory=list)  # per market: update columns
     # (market, sequence the previous batch left, sequence after this one, last price)
     markets: list[tuple[MarketBook, int, int, Decimal | None]] = field(default_factory=list)
@@ -167,6 +166,11 @@ class Commit:
     trade_ids: list[int] = field(default_factory=list)
     trade_rows: list[TradeRow] = field(default_factory=list)
     released_order_ids: list[int] = field(default_factory=list)
+
+    @property
+    def at(self) -> str:
+        """`now` as text (COPY rows, replies)."""
+        return self.now.isoformat()
 
 
 def _exact_units(value: Decimal, unit: Decimal) -> int:
@@ -309,7 +313,7 @@ def batch_prepare(batch: Batch) -> Commit:
     here (a gap when the commit fails is harmless, as with any sequence).
     """
     now = datetime.now(UTC)
-    commit = Commit(now=now, at=now.isoformat())
+    commit = Commit(now=now)
     with connection.cursor() as cursor:
         commit.trade_ids = _allocate_trade_ids(cursor, len(batch.trades))
     _render_orders(batch, commit)

@@ -162,7 +162,7 @@ def _insert_pending(order: Order) -> None:
         )  # fmt: skip
         order.created_at = order.updated_at = cursor.fetchone()[0]
     order._state.adding = False
-    order._state.db = "default"
+    order._state.db = connection.alias
 
 
 def order_cancel(*, user, order_id: int) -> OrderOutcome:
