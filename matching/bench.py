@@ -35,16 +35,16 @@ import time
 import tracemalloc
 
 from matching.core import (
+    ACCEPTED,
     BUY,
+    CANCELLED,
+    EXPIRED,
     LIMIT,
     MARKET,
     SELL,
-    Accepted,
-    Cancelled,
-    Expired,
+    TRADE,
     Order,
     OrderBook,
-    Trade,
 )
 
 FAIR_START = 1_000_000  # ticks
@@ -122,20 +122,20 @@ def generate(n: int, seed: int) -> tuple[list[tuple], int, int]:
         else:
             events = book.place(_order(spec))
         for ev in events:
-            t = type(ev)
-            if t is Trade:
+            kind = ev[0]
+            if kind is TRADE:
                 trades += 1
-                maker = ev.maker
-                side_lots[maker.side] -= ev.quantity
+                maker = ev[2]
+                side_lots[maker.side] -= ev[5]
                 if maker.remaining == 0:
                     forget(maker.id)
-            elif t is Accepted:
-                o = ev.order
+                continue
+            o = ev[2]
+            if kind is ACCEPTED:
                 side_lots[o.side] += o.remaining
                 pos[o.id] = len(live)
                 live.append(o.id)
-            elif t is Cancelled or (t is Expired and ev.order.id in pos):
-                o = ev.order
+            elif kind is CANCELLED or (kind is EXPIRED and o.id in pos):
                 side_lots[o.side] -= o.remaining
                 forget(o.id)
     return specs, trades, book.seq

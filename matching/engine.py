@@ -439,12 +439,14 @@ class Engine:
     def _collect(market_book: MarketBook, events: list, batch: Batch) -> None:
         touched = batch.touched
         for event in events:
-            if type(event) is core.Trade:
+            if event[0] is core.TRADE:
                 batch.trades.append((market_book, event))
-                touched[event.maker.id] = (market_book, event.maker)
-                touched[event.taker.id] = (market_book, event.taker)
+                maker, taker = event[2], event[3]
+                touched[maker.id] = (market_book, maker)
+                touched[taker.id] = (market_book, taker)
             else:
-                touched[event.order.id] = (market_book, event.order)
+                order = event[2]
+                touched[order.id] = (market_book, order)
 
     # ------------------------------------------------------------------ after commit
 

@@ -150,7 +150,7 @@ class Batch:
     """What applying one batch of commands changed, to be committed at once."""
 
     touched: dict[int, tuple[MarketBook, core.Order]] = field(default_factory=dict)
-    trades: list[tuple[MarketBook, core.Trade]] = field(default_factory=list)
+    trades: list[tuple[MarketBook, tuple]] = field(default_factory=list)  # (book, trade event)
     markets: dict[int, MarketBook] = field(default_factory=dict)
 
 
@@ -455,16 +455,16 @@ def _render_trades(batch: Batch, commit: Commit) -> None:
     rows = []
     for trade_id, (market_book, trade) in zip(commit.trade_ids, batch.trades, strict=True):
         text = market_book.text
-        taker, maker = trade.taker, trade.maker
+        _, seq, maker, taker, price, quantity, quote, maker_fee, taker_fee = trade
         step = steps[taker.id] = steps.get(taker.id, -1) + 1
         if taker.side == core.BUY:
-            buyer, seller, buyer_fee, seller_fee = taker, maker, trade.taker_fee, trade.maker_fee
+            buyer, seller, buyer_fee, seller_fee = taker, maker, taker_fee, maker_fee
         else:
-            buyer, seller, buyer_fee, seller_fee = maker, taker, trade.maker_fee, trade.taker_fee
+            buyer, seller, buyer_fee, seller_fee = maker, taker, maker_fee, taker_fee
         rows.append(
             TradeRow(
-                trade_id, market_book.market_id, trade.seq, text.price(trade.price), text.qty(trade.quantity),
-                text.quote(trade.quote), SIDE_NAMES[taker.side], maker.id, taker.id, step, buyer.owner,
+                trade_id, market_book.market_id, seq, text.price(price), text.qty(quantity),
+                text.quote(quote), SIDE_NAMES[taker.side], maker.id, taker.id, step, buyer.owner,
                 seller.owner, text.base_fee(buyer_fee), text.quote_fee(seller_fee), market_book.maker_fee_text,
                 market_book.taker_fee_text,
             )

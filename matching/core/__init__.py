@@ -6,9 +6,11 @@ Django, Redis or the database.
 
 from .book import OrderBook
 from .types import (
+    ACCEPTED,
     BUY,
     CANCELLED,
     CANCELLED_BY_USER,
+    EVENT_KINDS,
     EXPIRE_BOTH,
     EXPIRE_MAKER,
     EXPIRE_TAKER,
@@ -36,21 +38,19 @@ from .types import (
     STOP_WOULD_TRIGGER_IMMEDIATELY,
     STP_NAMES,
     TIF_NAMES,
+    TRADE,
+    TRIGGERED,
     UNTRIGGERED,
-    Accepted,
-    Cancelled,
-    Expired,
     Order,
-    Rejected,
-    Trade,
-    Triggered,
 )
 from .units import MarketUnits
 
 __all__ = [
+    "ACCEPTED",
     "BUY",
     "CANCELLED",
     "CANCELLED_BY_USER",
+    "EVENT_KINDS",
     "EXPIRE_BOTH",
     "EXPIRE_MAKER",
     "EXPIRE_TAKER",
@@ -78,14 +78,10 @@ __all__ = [
     "STOP_WOULD_TRIGGER_IMMEDIATELY",
     "STP_NAMES",
     "TIF_NAMES",
+    "TRADE",
+    "TRIGGERED",
     "UNTRIGGERED",
-    "Accepted",
-    "Cancelled",
-    "Expired",
     "MarketUnits",
     "Order",
     "OrderBook",
-    "Rejected",
-    "Trade",
-    "Triggered",
 ]

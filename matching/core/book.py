@@ -50,6 +50,7 @@ from heapq import heapify, heappop, heappush, nsmallest
 from sortedcontainers import SortedList
 
 from .types import (
+    ACCEPTED,
     BUY,
     CANCELLED,
     CANCELLED_BY_USER,
@@ -76,14 +77,10 @@ from .types import (
     STOP_LIMIT,
     STOP_MARKET,
     STOP_WOULD_TRIGGER_IMMEDIATELY,
+    TRADE,
+    TRIGGERED,
     UNTRIGGERED,
-    Accepted,
-    Cancelled,
-    Expired,
     Order,
-    Rejected,
-    Trade,
-    Triggered,
 )
 
 # A limit key no level key reaches: market orders use it as their "price limit", and a
@@ -213,7 +210,7 @@ class OrderBook:
     Outcomes, as the order's ``status`` and ``reason``:
 
     * A taker that trades completely is ``filled`` and gets no event of its own
-      beyond its trades. A remainder rests (GTC: ``Accepted``, status ``open`` or
+      beyond its trades. A remainder rests (GTC: an ``accepted`` event, status ``open`` or
       ``partially_filled``) or is ``expired``: ``ioc_remainder`` (IOC, market, or
       the book ran out), ``fok_not_filled`` (FOK, book untouched),
       ``self_trade_prevented``, or ``funds_exhausted`` (a buy whose ``quote_limit``
@@ -360,7 +357,7 @@ class OrderBook:
             order.status = OPEN
             self.seq = seq = self.seq + 1
             order.seq = seq
-            return [Accepted((seq, order))]
+            return [(ACCEPTED, seq, order)]
         if order.post_only:
             # It would cross the best opposite price (own orders included).
             return self._reject(order, POST_ONLY_WOULD_TAKE)
@@ -429,7 +426,7 @@ class OrderBook:
         order.status = CANCELLED
         order.reason = CANCELLED_BY_USER
         self.seq = seq = self.seq + 1
-        return [Cancelled((seq, order))]
+        return [(CANCELLED, seq, order)]
 
     # ------------------------------------------------------------------ reads
 
@@ -642,18 +639,18 @@ class OrderBook:
             _positive_int(order.quote_limit, "quote_limit", minimum=0)
 
     def _reject(self, order: Order, reason: str) -> list:
-        """Refuse a new order on entry: its only event is ``Rejected``."""
+        """Refuse a new order on entry: its only event is ``rejected``."""
         order.seq = self.seq + 1
         events: list = []
-        self._finish(order, REJECTED, reason, Rejected, events)
+        self._finish(order, REJECTED, reason, events)
         return events
 
-    def _finish(self, order: Order, status: str, reason: str | None, event, events) -> None:
-        """Set a terminal (or rejected) status and emit its event."""
+    def _finish(self, order: Order, status: str, reason: str | None, events: list) -> None:
+        """Set a terminal status (expired or rejected) and emit the event of that kind."""
         order.status = status
         order.reason = reason
-        self.seq += 1
-        events.append(event((self.seq, order)))
+        self.seq = seq = self.seq + 1
+        events.append((status, seq, order))
 
     def _rest(self, order: Order) -> _Level:
         """Append an order to its level (creating it). O(1), or O(log L) for a new level."""
@@ -675,12 +672,12 @@ class OrderBook:
         """Rest a GTC remainder, unless its hold cannot pay for it at its price."""
         if left is not None and order.price * order.remaining > left:
             # Resting would let it buy more than its hold as a maker.
-            self._finish(order, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+            self._finish(order, EXPIRED, FUNDS_EXHAUSTED, events)
             return
         order.status = PARTIALLY_FILLED if order.filled else OPEN
         self._rest(order)
         self.seq = seq = self.seq + 1
-        events.append(Accepted((seq, order)))
+        events.append((ACCEPTED, seq, order))
 
     def _execute(self, taker: Order, events: list) -> list:
         """Match a limit or market order (or a triggered stop), settle its remainder.
@@ -709,7 +706,7 @@ class OrderBook:
             self._rest_or_expire(taker, left, events)
         else:
             reason = FOK_NOT_FILLED if tif == FOK else IOC_REMAINDER
-            self._finish(taker, EXPIRED, reason, Expired, events)
+            self._finish(taker, EXPIRED, reason, events)
         return events
 
     def _match(
@@ -729,7 +726,7 @@ class OrderBook:
         """
         by_quote = taker.quantity is None
         if tif == FOK and not self._fok_fillable(taker, opp, limit_key, left, by_quote):
-            self._finish(taker, EXPIRED, FOK_NOT_FILLED, Expired, events)
+            self._finish(taker, EXPIRED, FOK_NOT_FILLED, events)
             return events
 
         # The matching loop. Hot: everything it needs is in locals; the outer loop runs
@@ -777,7 +774,7 @@ class OrderBook:
                         maker.status = EXPIRED
                         maker.reason = SELF_TRADE_PREVENTED
                         seq += 1
-                        append(Expired((seq, maker)))
+                        append((EXPIRED, seq, maker))
                     if stp != EXPIRE_MAKER:
                         stop = _STOP_STP
                         break
@@ -803,7 +800,7 @@ class OrderBook:
                 maker.filled_quote += quote
                 maker.fee += maker_fee
                 seq += 1
-                append(Trade((seq, maker, taker, px, qty, quote, maker_fee, fee)))
+                append((TRADE, seq, maker, taker, px, qty, quote, maker_fee, fee))
                 filled_quote += quote
                 total -= qty
                 need -= qty
@@ -843,30 +840,30 @@ class OrderBook:
 
         if by_quote:
             if stop == _STOP_STP:
-                self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
+                self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, events)
             elif filled and (stop == _STOP_FUNDS or left < last_px):
                 # Less than one lot's worth is left unspent: that is a complete fill.
                 taker.status = FILLED
             else:
-                self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+                self._finish(taker, EXPIRED, IOC_REMAINDER, events)
             return events
         taker.remaining = need
         if not need:
             taker.status = FILLED
         elif stop == _STOP_STP:
-            self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, Expired, events)
+            self._finish(taker, EXPIRED, SELF_TRADE_PREVENTED, events)
         elif stop == _STOP_FUNDS:
-            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, events)
         elif tif != GTC:
-            self._finish(taker, EXPIRED, IOC_REMAINDER, Expired, events)
+            self._finish(taker, EXPIRED, IOC_REMAINDER, events)
         elif limited and taker.price * need > left:
             # Resting would let it buy more than its hold as a maker.
-            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, Expired, events)
+            self._finish(taker, EXPIRED, FUNDS_EXHAUSTED, events)
         else:
             taker.status = PARTIALLY_FILLED if filled else OPEN
             self._rest(taker)
             self.seq = seq = seq + 1
-            append(Accepted((seq, taker)))
+            append((ACCEPTED, seq, taker))
         return events
 
     def _fok_fillable(
@@ -942,7 +939,7 @@ class OrderBook:
         self._stops_of(order.side).add(self._stop_entry(order))
         self._stop_count += 1
         self._index[order.id] = order
-        return [Accepted((seq, order))]
+        return [(ACCEPTED, seq, order)]
 
     def _run_stops(self, events: list) -> None:
         """Trigger every stop whose condition holds, in rounds, until none does.
@@ -951,7 +948,7 @@ class OrderBook:
         by ascending stop price (the price rose to them), sell stops by descending
         stop price (it fell to them), ties by seq; only before any trade ever can
         both sides trigger at once, and then buys go first. Each enters matching in
-        turn with a ``Triggered`` event whose seq becomes its time priority. Their
+        turn with a ``triggered`` event whose seq becomes its time priority. Their
         trades may move the price: the next round sees the new last price.
         O(log S) per triggered stop plus its matching.
         """
@@ -973,7 +970,7 @@ class OrderBook:
                 del self._index[order.id]
                 self.seq = seq = self.seq + 1
                 order.seq = seq
-                events.append(Triggered((seq, order)))
+                events.append((TRIGGERED, seq, order))
                 self._execute(order, events)
 
 

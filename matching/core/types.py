@@ -7,8 +7,6 @@ quote units (tick x lot) and fees integer fee units (see ``OrderBook``).
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 # Sides.
 BUY = 0
 SELL = 1
@@ -145,92 +143,26 @@ class Order:
         )
 
 
-# Events. Each carries the book's ``seq`` (strictly increasing across all events of a
-# book) and references to the live Order objects, so a consumer reads the orders'
-# final state after a batch instead of copying it per event.
+# Events are plain tuples, the cheapest object CPython builds (a tuple subclass with
+# named fields costs a type call and a copy on top, and the book makes one or two per
+# command). Item 0 is the kind, item 1 the book's ``seq`` (strictly increasing across
+# all events of a book); the rest are references to the live Order objects, so a
+# consumer reads the orders' final state after a batch instead of copying it per event.
 #
-# An event is a tuple subclass with named read-only fields, built from one tuple of
-# its fields in order: ``Trade((seq, maker, taker, ...))``. Building one runs no
-# Python code, about half the cost of a dataclass, and the book makes one or two
-# per command. ``==`` holds between events of the same type with equal fields
-# (orders compare by identity), as the dataclasses' did.
-
-
-def _field(index: int, doc: str) -> property:
-    return property(itemgetter(index), doc=doc)
-
-
-class _Event(tuple):
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        # Plain tuple equality would make Accepted(s, o) == Cancelled(s, o).
-        return type(self) is type(other) and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = tuple.__hash__
-
-    def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)
-        )
-        return f"{type(self).__name__}({fields})"
-
-
-class _OrderEvent(_Event):
-    __slots__ = ()
-    _fields = ("seq", "order")
-    seq = _field(0, "Book seq of this event.")
-    order = _field(1, "The Order the event is about.")
-
-
-class Accepted(_OrderEvent):
-    """The order entered the book: it rests, or waits untriggered."""
-
-    __slots__ = ()
-
-
-class Trade(_Event):
-    """A fill between a resting ``maker`` and the incoming ``taker``.
-
-    ``quote == price * quantity``. The buyer's fee is in base fee units, the
-    seller's in quote fee units (each pays in the asset it receives).
-    """
-
-    __slots__ = ()
-    _fields = ("seq", "maker", "taker", "price", "quantity", "quote", "maker_fee", "taker_fee")
-    seq = _field(0, "Book seq of this event.")
-    maker = _field(1, "The resting Order.")
-    taker = _field(2, "The incoming Order.")
-    price = _field(3, "Ticks (the maker's price).")
-    quantity = _field(4, "Lots.")
-    quote = _field(5, "Quote units: price * quantity.")
-    maker_fee = _field(6, "Fee units the maker pays.")
-    taker_fee = _field(7, "Fee units the taker pays.")
-
-
-class Triggered(_OrderEvent):
-    """A stop order's condition held; it enters matching with this seq as priority."""
-
-    __slots__ = ()
-
-
-class Cancelled(_OrderEvent):
-    """The order was cancelled by its owner (``order.reason == "cancelled_by_user"``)."""
-
-    __slots__ = ()
-
-
-class Expired(_OrderEvent):
-    """The order (or its remainder) ended unfilled; ``order.reason`` says why."""
-
-    __slots__ = ()
-
-
-class Rejected(_OrderEvent):
-    """The order was refused on entry; ``order.reason`` says why."""
-
-    __slots__ = ()
+#   (ACCEPTED, seq, order)    the order entered the book: it rests, or waits untriggered
+#   (TRIGGERED, seq, order)   a stop's condition held; it enters matching, seq its priority
+#   (CANCELLED, seq, order)   cancelled by its owner (reason ``cancelled_by_user``)
+#   (EXPIRED, seq, order)     it (or its remainder) ended unfilled; ``order.reason`` says why
+#   (REJECTED, seq, order)    refused on entry; ``order.reason`` says why
+#   (TRADE, seq, maker, taker, price, quantity, quote, maker_fee, taker_fee)
+#       a fill between the resting ``maker`` and the incoming ``taker``: price in ticks
+#       (the maker's), quantity in lots, ``quote == price * quantity`` in quote units;
+#       fees in fee units, the buyer's of base, the seller's of quote (each pays in
+#       the asset it receives)
+#
+# The kinds are strings, compared by identity (``event[0] is TRADE``); the last three
+# are the statuses the order ends in.
+ACCEPTED = "accepted"
+TRIGGERED = "triggered"
+TRADE = "trade"
+EVENT_KINDS = (ACCEPTED, TRIGGERED, TRADE, CANCELLED, EXPIRED, REJECTED)

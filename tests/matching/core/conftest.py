@@ -3,54 +3,48 @@
 from __future__ import annotations
 
 import itertools
+from collections import namedtuple
 
 import pytest
 
 from matching.core import (
     BUY,
+    EVENT_KINDS,
+    EXPIRED,
     GTC,
     LIMIT,
     MARKET,
+    REJECTED,
     SELL,
     STOP_LIMIT,
     STOP_MARKET,
-    Accepted,
-    Cancelled,
-    Expired,
+    TRADE,
     Order,
     OrderBook,
-    Rejected,
-    Trade,
-    Triggered,
 )
+
+TradeFields = namedtuple(
+    "TradeFields", "kind seq maker taker price quantity quote maker_fee taker_fee"
+)
+OrderEventFields = namedtuple("OrderEventFields", "kind seq order")
+
+
+def fields(event):
+    """An event tuple with its items named, for readable assertions."""
+    return TradeFields(*event) if event[0] is TRADE else OrderEventFields(*event)
 
 
 def norm(event) -> tuple:
     """An event as a plain tuple of ids and integers (order state read now)."""
-    t = type(event)
-    if t is Trade:
-        return (
-            "trade",
-            event.seq,
-            event.maker.id,
-            event.taker.id,
-            event.price,
-            event.quantity,
-            event.quote,
-            event.maker_fee,
-            event.taker_fee,
-        )
-    if t is Accepted:
-        return ("accepted", event.seq, event.order.id)
-    if t is Triggered:
-        return ("triggered", event.seq, event.order.id)
-    if t is Cancelled:
-        return ("cancelled", event.seq, event.order.id)
-    if t is Expired:
-        return ("expired", event.seq, event.order.id, event.order.reason)
-    if t is Rejected:
-        return ("rejected", event.seq, event.order.id, event.order.reason)
-    raise AssertionError(f"unknown event {event!r}")
+    kind = event[0]
+    assert type(event) is tuple and kind in EVENT_KINDS, f"unknown event {event!r}"
+    if kind is TRADE:
+        _, seq, maker, taker, *amounts = event
+        return (kind, seq, maker.id, taker.id, *amounts)
+    _, seq, order = event
+    if kind is EXPIRED or kind is REJECTED:
+        return (kind, seq, order.id, order.reason)
+    return (kind, seq, order.id)
 
 
 def kinds(events) -> list[str]:
@@ -59,7 +53,7 @@ def kinds(events) -> list[str]:
 
 def trades(events) -> list[tuple[int, int, int, int]]:
     """(maker id, taker id, price, quantity) of each trade."""
-    return [(e.maker.id, e.taker.id, e.price, e.quantity) for e in events if type(e) is Trade]
+    return [(e[2].id, e[3].id, e[4], e[5]) for e in events if e[0] is TRADE]
 
 
 class Book:
@@ -81,7 +75,7 @@ class Book:
 
     def _after(self, events, seq_before) -> None:
         self.book.check()
-        seqs = [e.seq for e in events]
+        seqs = [e[1] for e in events]
         assert seqs == list(range(seq_before + 1, seq_before + 1 + len(events)))
         assert self.book.seq == seq_before + len(events)
         self.events.extend(events)
@@ -129,4 +123,4 @@ def book():
     return Book()
 
 
-__all__ = ["BUY", "SELL", "Book", "kinds", "norm", "trades"]
+__all__ = ["BUY", "SELL", "Book", "fields", "kinds", "norm", "trades"]

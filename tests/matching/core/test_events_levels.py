@@ -1,19 +1,20 @@
-"""Event values (tuple-based) and the level-key heap's lazy deletion."""
+"""Event values (plain tuples, kind first) and the level-key heap's lazy deletion."""
 
 import pickle
 
 from matching.core import (
+    ACCEPTED,
     BUY,
+    CANCELLED,
+    EVENT_KINDS,
+    EXPIRED,
     LIMIT,
+    REJECTED,
     SELL,
-    Accepted,
-    Cancelled,
-    Expired,
+    TRADE,
+    TRIGGERED,
     Order,
     OrderBook,
-    Rejected,
-    Trade,
-    Triggered,
 )
 
 
@@ -21,29 +22,32 @@ def _order(oid=1, side=BUY, price=100, qty=1):
     return Order(oid, 1, side, LIMIT, price=price, quantity=qty)
 
 
-def test_event_fields_equality_and_repr():
-    o, m = _order(1), _order(2, SELL)
-    ev = Accepted((3, o))
-    assert (ev.seq, ev.order) == (3, o) and type(ev) is Accepted
-    # Same fields, different event type: not equal (plain tuples would be).
-    assert ev == Accepted((3, o)) and ev != Cancelled((3, o))
-    assert not (ev != Accepted((3, o)))
-    assert ev != Accepted((3, _order(1)))  # orders compare by identity
-    assert ev != (3, o)
-    for cls in (Triggered, Cancelled, Expired, Rejected):
-        assert cls((1, o)).order is o
-    tr = Trade((5, m, o, 100, 2, 200, 7, 8))
-    assert (tr.seq, tr.maker, tr.taker, tr.price, tr.quantity) == (5, m, o, 100, 2)
-    assert (tr.quote, tr.maker_fee, tr.taker_fee) == (200, 7, 8)
-    assert repr(ev) == f"Accepted(seq=3, order={o!r})"
-    assert repr(tr).startswith("Trade(seq=5, maker=Order(id=2")
-    assert len({ev, Accepted((3, o))}) == 1
+def test_events_are_plain_tuples_kind_then_seq():
+    book = OrderBook(maker_fee=3, taker_fee=5, fee_scale=1_000)
+    maker = _order(1, SELL, 100, 2)
+    assert book.place(maker) == [(ACCEPTED, 1, maker)]
+    taker = Order(2, 2, BUY, LIMIT, price=101, quantity=3)
+    events = book.place(taker)
+    # The buyer (taker) pays on the base it receives, the seller (maker) on the quote.
+    assert events == [(TRADE, 2, maker, taker, 100, 2, 200, 200 * 3, 2 * 5), (ACCEPTED, 3, taker)]
+    assert all(type(e) is tuple for e in events)
+    assert book.cancel(2) == [(CANCELLED, 4, taker)]
+    ask = _order(3, SELL, 100, 1)
+    assert book.place(ask) == [(ACCEPTED, 5, ask)]
+    post_only = Order(4, 2, BUY, LIMIT, price=100, quantity=1, post_only=True)
+    assert book.place(post_only) == [(REJECTED, 6, post_only)]
+    assert post_only.reason == "post_only_would_take"
+
+
+def test_event_kinds_are_the_issue_names_and_order_end_statuses():
+    assert EVENT_KINDS == ("accepted", "triggered", "trade", "cancelled", "expired", "rejected")
+    assert (CANCELLED, EXPIRED, REJECTED, TRIGGERED) == ("cancelled", "expired", "rejected", "triggered")
 
 
 def test_events_pickle_round_trip():
-    ev = Trade((5, _order(2, SELL), _order(1), 100, 2, 200, 7, 8))
+    ev = (TRADE, 5, _order(2, SELL), _order(1), 100, 2, 200, 7, 8)
     again = pickle.loads(pickle.dumps(ev))
-    assert type(again) is Trade and again.quote == 200 and again.maker.id == 2
+    assert again[0] == TRADE and again[6] == 200 and again[2].id == 2
 
 
 def test_stale_heap_keys_are_compacted_and_best_stays_right():
@@ -82,7 +86,7 @@ def test_level_reopened_while_its_stale_key_is_in_the_heap():
     book.check()
     taker = Order(4, 2, BUY, LIMIT, price=105, quantity=2)
     events = book.place(taker)
-    assert [e.price for e in events if type(e) is Trade] == [100, 105]
+    assert [e[4] for e in events if e[0] is TRADE] == [100, 105]
     book.check()
     assert book.best_ask() is None and book._asks.heap == []
     assert book.depth(5) == ([], [])

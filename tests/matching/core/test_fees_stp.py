@@ -14,10 +14,10 @@ from matching.core import (
     OPEN,
     PARTIALLY_FILLED,
     SELL,
-    Trade,
+    TRADE,
 )
 
-from .conftest import kinds, norm, trades
+from .conftest import fields, kinds, norm, trades
 
 # 0.1% maker, 0.25% taker.
 FEES = {"maker_fee": 10, "taker_fee": 25, "fee_scale": 10_000}
@@ -27,7 +27,7 @@ def test_buy_taker_fees_exact(make_book):
     book = make_book(**FEES)
     maker, _ = book.sell(30_001, 7, owner=1)
     taker, ev = book.buy(30_001, 7, owner=2)
-    (tr,) = ev
+    (tr,) = map(fields, ev)
     assert tr.quote == 30_001 * 7
     # The buyer (taker) receives 7 lots of base: fee in base fee units (lot / 10_000).
     assert tr.taker_fee == 7 * 25 and taker.fee == 7 * 25
@@ -46,7 +46,7 @@ def test_sell_taker_fees_exact_and_accumulate(make_book):
     b1, _ = book.buy(100, 2, owner=1)
     b2, _ = book.buy(99, 3, owner=2)
     taker, ev = book.sell(99, 5, owner=3)
-    t1, t2 = ev
+    t1, t2 = map(fields, ev)
     assert (t1.maker_fee, t1.taker_fee) == (2 * 10, 200 * 25)
     assert (t2.maker_fee, t2.taker_fee) == (3 * 10, 297 * 25)
     assert taker.fee == (200 + 297) * 25
@@ -56,7 +56,8 @@ def test_sell_taker_fees_exact_and_accumulate(make_book):
 
 def test_zero_fees(book):
     book.sell(100, 1)
-    _, (tr,) = book.buy(100, 1, owner=2)
+    _, ev = book.buy(100, 1, owner=2)
+    (tr,) = map(fields, ev)
     assert tr.maker_fee == tr.taker_fee == 0
 
 
@@ -141,7 +142,7 @@ def test_no_self_trade_ever(make_book, stp, taker_side):
         book.limit(maker_side, 100, 1 + i % 2, owner=i % 3)
     for owner in range(3):
         book.limit(taker_side, 100, 4, owner=owner, tif=IOC)
-    for tr in (e for e in book.events if type(e) is Trade):
+    for tr in (fields(e) for e in book.events if e[0] is TRADE):
         assert tr.maker.owner != tr.taker.owner
 
 

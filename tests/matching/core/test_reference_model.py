@@ -38,9 +38,9 @@ from matching.core import (
     SELL,
     STOP_LIMIT,
     STOP_MARKET,
+    TRADE,
     Order,
     OrderBook,
-    Trade,
 )
 
 from .conftest import norm
@@ -364,10 +364,11 @@ def check_core_invariants(book: OrderBook, orders: dict[int, Order], events) -> 
         if o.side == BUY and o.quote_limit is not None:
             assert o.filled_quote <= o.quote_limit
     for e in events:
-        if type(e) is Trade:
-            assert e.maker.owner != e.taker.owner, "self-trade"
-            assert e.quote == e.price * e.quantity and e.quantity > 0
-            assert e.taker.side != e.maker.side
+        if e[0] is TRADE:
+            _, _, maker, taker, price, quantity, quote, _, _ = e
+            assert maker.owner != taker.owner, "self-trade"
+            assert quote == price * quantity and quantity > 0
+            assert taker.side != maker.side
 
 
 # ----------------------------------------------------------------------------- stateful
@@ -551,7 +552,7 @@ def test_restore_accepts_status_strings_from_storage():
     row.status = "".join(["op", "en"])  # an equal string that is not the same object
     restored = OrderBook.restore([row], seq=1)
     restored.check()
-    assert restored.cancel(1)[0].order.status == "cancelled"
+    assert restored.cancel(1)[0][2].status == "cancelled"
     restored.check()
 
 

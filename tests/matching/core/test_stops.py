@@ -18,7 +18,7 @@ from matching.core import (
     OrderBook,
 )
 
-from .conftest import kinds, norm
+from .conftest import fields, kinds, norm
 
 
 def _trade_at(book, price, owners=(90, 91)):
@@ -67,9 +67,9 @@ def test_buy_stop_limit_triggers_and_rests(book):
     t, ev = book.buy(105, 1, owner=3)
     # The trade at 105 triggers the stop: it buys 106 and rests 2 at 106.
     assert [norm(e)[0] for e in ev] == ["trade", "triggered", "trade", "accepted"]
-    trig = ev[1]
+    trig = fields(ev[1])
     assert trig.order is stop and stop.seq == trig.seq
-    assert ev[2].taker is stop and ev[2].price == 106
+    assert fields(ev[2]).taker is stop and fields(ev[2]).price == 106
     assert stop.status == PARTIALLY_FILLED and stop.remaining == 2
     assert book.depth(5) == ([(106, 2)], [(107, 1)])
     assert book.last_price == 106 and ask107.status == OPEN
@@ -95,7 +95,7 @@ def test_triggered_stop_gets_new_priority(book):
     assert stop.status == OPEN and stop.seq > placed_seq
     taker, ev = book.buy(102, 2, owner=4)
     # The earlier sell at 102 keeps priority over the triggered stop.
-    assert [e.maker.owner for e in ev if hasattr(e, "maker")] == [5, 1]
+    assert [e[2].owner for e in ev if e[0] == "trade"] == [5, 1]
 
 
 def test_buy_stops_trigger_in_ascending_stop_order_ties_by_seq(book):
@@ -108,7 +108,7 @@ def test_buy_stops_trigger_in_ascending_stop_order_ties_by_seq(book):
         book.sell(p, 1, owner=50)
     book.sell(103, 1, owner=51)
     book.buy(103, 1, owner=52)  # trade at 103
-    order = [e.order.id for e in book.events if norm(e)[0] == "triggered"]
+    order = [e[2].id for e in book.events if e[0] == "triggered"]
     assert order == [s_lo.id, s_mid_a.id, s_mid_b.id, s_hi.id]
     assert all(o.status == FILLED for o in (s_hi, s_lo, s_mid_a, s_mid_b))
 
@@ -122,7 +122,7 @@ def test_sell_stops_trigger_in_descending_stop_order(book):
         book.buy(p, 1, owner=50)
     book.buy(95, 1, owner=51)
     book.sell(95, 1, owner=52)
-    order = [e.order.id for e in book.events if norm(e)[0] == "triggered"]
+    order = [e[2].id for e in book.events if e[0] == "triggered"]
     assert order == [s_hi.id, s_mid.id, s_lo.id]
 
 
@@ -138,7 +138,7 @@ def test_stop_chain_triggers_in_rounds(book):
     # Trade at 101 triggers `first`, which buys at 103 and so triggers `second`, which
     # buys at 104: not enough for `third`.
     assert kinds(ev) == ["trade", "triggered", "trade", "triggered", "trade"]
-    assert [e.order for e in ev if norm(e)[0] == "triggered"] == [first, second]
+    assert [e[2] for e in ev if e[0] == "triggered"] == [first, second]
     assert third.status == UNTRIGGERED and book.last_price == 104
 
 
@@ -167,7 +167,7 @@ def test_first_trade_ever_triggers_both_sides_buys_first(book):
     sell_stop, _ = book.stop_market(SELL, 105, 1, owner=2)
     book.sell(102, 1, owner=3)
     book.buy(102, 1, owner=4)  # first trade ever, at 102: both conditions hold
-    order = [e.order for e in book.events if norm(e)[0] == "triggered"]
+    order = [e[2] for e in book.events if e[0] == "triggered"]
     assert order == [buy_stop, sell_stop]
     assert buy_stop.reason == sell_stop.reason == "ioc_remainder"
 
