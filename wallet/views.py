@@ -121,11 +121,11 @@ def holds(request):
     if request.method == "GET":
         return _open_holds(request)
     data = _body(request, {"key", "owner", "asset", "amount", "up_to"})
-    hold, created = services.hold_place(
-        key=parse_key(data.get("key")),
-        owner=parse_owner(data.get("owner")),
-        asset=parse_asset(data.get("asset")),
-        amount=parse_amount(data.get("amount")),
+    hold, created = services.hold_place(  # it parses key, owner, asset and amount itself
+        key=data.get("key"),
+        owner=data.get("owner"),
+        asset=data.get("asset"),
+        amount=data.get("amount"),
         up_to=parse_bool(data.get("up_to", False), "up_to"),
     )
     return JsonResponse(hold_json(hold), status=201 if created else 200)
