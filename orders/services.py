@@ -27,6 +27,7 @@ from matching import feed
 from matching.core import MarketUnits
 from matching.selectors import book_snapshot
 from orders.models import Order
+from orders.sql import prepared_cursor
 from settlement.clients.wallet import owner_for_user, wallet_client
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def _insert_pending(order: Order) -> None:
 
     The columns left out (reject reason, sequence, cancel request) start NULL, as on the model.
     """
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             "INSERT INTO orders_order (id, user_id, market_id, client_order_id, side, type, time_in_force, post_only,"
             " price, stop_price, quantity, quote_quantity, filled_quantity, filled_quote, fee_total, status,"
@@ -335,18 +336,24 @@ def _reserve_order_id(user, market: Market) -> int:
     """Check the user's open-order limit and allocate the new order's id, in one round trip.
 
     Plain SQL: it runs on every placement. An id drawn for a refused order is a gap.
+    The statuses and the limit are literals, so that PostgreSQL keeps one generic plan
+    for the prepared statement instead of planning it again on every call.
     """
-    limit = settings.MAX_OPEN_ORDERS_PER_MARKET
-    with connection.cursor() as cursor:
+    limit = int(settings.MAX_OPEN_ORDERS_PER_MARKET)
+    with prepared_cursor() as cursor:
         cursor.execute(
             "SELECT (SELECT count(*) FROM (SELECT 1 FROM orders_order WHERE user_id = %s AND market_id = %s"
-            " AND status = ANY(%s) LIMIT %s) live), nextval(pg_get_serial_sequence('orders_order', 'id'))",
-            [user.pk, market.pk, list(Order.LIVE_STATUSES), limit],
+            f" AND status IN ({_LIVE_STATUSES_SQL}) LIMIT {limit}) live),"
+            " nextval(pg_get_serial_sequence('orders_order', 'id'))",
+            [user.pk, market.pk],
         )
         live, order_id = cursor.fetchone()
     if live >= limit:
         raise TooManyOpenOrders(details={"limit": limit})
     return order_id
+
+
+_LIVE_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(Order.LIVE_STATUSES))
 
 
 def _release_quietly(hold_key: str, amount: Decimal) -> None:
