@@ -53,3 +53,30 @@ def test_a_deleted_account_is_refused(auth_client):
     client = auth_client()
     type(client.user).objects.filter(pk=client.user.pk).delete()
     assert client.get("/api/v1/orders").status_code == 401
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(auth_client, monkeypatch):
+    from datetime import timedelta
+
+    from rest_framework_simplejwt.utils import aware_utcnow
+
+    from exchange.api import authentication
+
+    client = auth_client()
+    assert client.get("/api/v1/orders").status_code == 200  # validated, then remembered
+    later = aware_utcnow() + timedelta(days=1)
+    monkeypatch.setattr(authentication, "aware_utcnow", lambda: later)
+    monkeypatch.setattr("rest_framework_simplejwt.tokens.aware_utcnow", lambda: later)
+    response = client.get("/api/v1/orders")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_a_tampered_token_is_refused_after_its_original_was_accepted(auth_client):
+    client = auth_client()
+    assert client.get("/api/v1/orders").status_code == 200
+    token = client._credentials["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    header, payload, signature = token.split(".")
+    forged = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {forged}")
+    assert client.get("/api/v1/orders").status_code == 401
