@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from exchange.api.sql import prepared_cursor
 from exchange.errors import (
     EngineUnavailable,
     NotFound,
@@ -27,7 +28,6 @@ from matching import feed
 from matching.core import MarketUnits
 from matching.selectors import book_snapshot
 from orders.models import Order
-from orders.sql import prepared_cursor
 from settlement.clients.wallet import owner_for_user, wallet_client
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Plain-SQL helpers for the statements every order placement runs."""
+"""A cursor for the fixed statements every API request or order placement runs."""
 
 from django.db import connection
 from django.db.backends.postgresql.base import ServerBindingCursor
