@@ -8,13 +8,20 @@ from exchange.api.pagination import EnvelopeCursorPagination
 from exchange.api.throttling import OrderPlacementThrottle
 from orders import selectors, services
 from orders.api import schemas
-from orders.api.serializers import OrderInput, OrderListFilter, OrderOutput, TradeOutput
+from orders.api.serializers import (
+    OrderInput,
+    OrderListFilter,
+    OrderOutput,
+    TradeOutput,
+    order_data,
+    trade_data,
+)
 
 
 def _order_with_trades(outcome, user) -> dict:
     return {
-        "order": OrderOutput(outcome.order).data,
-        "trades": TradeOutput(outcome.trades, many=True, context={"user": user}).data,
+        "order": order_data(outcome.order),
+        "trades": [trade_data(trade, user_id=user.pk) for trade in outcome.trades],
     }
 
 
