@@ -24,7 +24,15 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 
 import psycopg.errors
-from django.db import DataError, IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DataError,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 from exchange.errors import DomainError, InsufficientFunds, ValidationFailed
@@ -121,8 +129,9 @@ def _prepared_cursor():
     not on every call (planning was about 40% of a hold's database CPU). Same wrapping as
     `connection.cursor()`: error translation, and query logging when enabled.
     """
-    connection.ensure_connection()
-    return connection._prepare_cursor(_PreparingCursor(connection.connection))
+    db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of the `connection` proxy is a lookup
+    db.ensure_connection()
+    return db._prepare_cursor(_PreparingCursor(db.connection))
 
 
 def _retrying_deadlocks(fn, *args, **kwargs):

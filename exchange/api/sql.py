@@ -2,7 +2,7 @@
 
 import weakref
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 # Connections already told to keep generic plans (see `prepared_cursor`).
@@ -29,10 +29,11 @@ def prepared_cursor():
     Only prepared statements are affected; Django's own queries are planned per call.
     Each statement given here must have a good generic plan (key lookups, inserts).
     """
-    connection.ensure_connection()
-    raw = connection.connection
-    if raw not in _generic_plans and not connection.in_atomic_block:  # SET would roll back with it
-        with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of the `connection` proxy is a lookup
+    db.ensure_connection()
+    raw = db.connection
+    if raw not in _generic_plans and not db.in_atomic_block:  # SET would roll back with it
+        with db.cursor() as cursor:
             cursor.execute("SET plan_cache_mode = force_generic_plan")
         _generic_plans.add(raw)
-    return connection._prepare_cursor(_PreparingCursor(raw))
+    return db._prepare_cursor(_PreparingCursor(raw))
