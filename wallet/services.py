@@ -47,6 +47,7 @@ from wallet.validation import (
     fmt,
     parse_amount,
     parse_asset,
+    parse_bool,
     parse_key,
     parse_owner,
     parse_transfer,
@@ -181,6 +182,7 @@ def hold_place(*, key: str, owner: str, asset: str, amount: Decimal, up_to: bool
     """
     key, owner, asset = parse_key(key), parse_owner(owner), parse_asset(asset)
     requested = parse_amount(amount)
+    up_to = parse_bool(up_to, "up_to")
     held, created_at = requested, None
     try:
         if up_to:

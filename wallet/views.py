@@ -22,7 +22,6 @@ from wallet.validation import (
     fmt,
     parse_amount,
     parse_asset,
-    parse_bool,
     parse_key,
     parse_operation,
     parse_owner,
@@ -121,12 +120,12 @@ def holds(request):
     if request.method == "GET":
         return _open_holds(request)
     data = _body(request, {"key", "owner", "asset", "amount", "up_to"})
-    hold, created = services.hold_place(  # it parses key, owner, asset and amount itself
+    hold, created = services.hold_place(  # it parses every field itself
         key=data.get("key"),
         owner=data.get("owner"),
         asset=data.get("asset"),
         amount=data.get("amount"),
-        up_to=parse_bool(data.get("up_to", False), "up_to"),
+        up_to=data.get("up_to", False),
     )
     return JsonResponse(hold_json(hold), status=201 if created else 200)
 
