@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from exchange.api.sql import prepared_cursor
 from exchange.errors import (
     EngineUnavailable,
     NotFound,
@@ -150,7 +149,7 @@ def _insert_pending(order: Order) -> None:
 
     The columns left out (reject reason, sequence, cancel request) start NULL, as on the model.
     """
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO orders_order (id, user_id, market_id, client_order_id, side, type, time_in_force, post_only,"
             " price, stop_price, quantity, quote_quantity, filled_quantity, filled_quote, fee_total, status,"
@@ -336,26 +335,18 @@ def _reserve_order_id(user, market: Market) -> int:
     """Check the user's open-order limit and allocate the new order's id, in one round trip.
 
     Plain SQL: it runs on every placement. An id drawn for a refused order is a gap.
-    The statuses and the limit are literals, so that PostgreSQL keeps one generic plan
-    for the prepared statement instead of planning it again on every call. `market_id + 0`
-    keeps that plan on the user's live orders (order_user_status): without statistics it
-    would also read the whole market's index and AND the two bitmaps.
     """
-    limit = int(settings.MAX_OPEN_ORDERS_PER_MARKET)
-    with prepared_cursor() as cursor:
+    limit = settings.MAX_OPEN_ORDERS_PER_MARKET
+    with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT (SELECT count(*) FROM (SELECT 1 FROM orders_order WHERE user_id = %s AND market_id + 0 = %s"
-            f" AND status IN ({_LIVE_STATUSES_SQL}) LIMIT {limit}) live),"
-            " nextval(pg_get_serial_sequence('orders_order', 'id'))",
-            [user.pk, market.pk],
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM orders_order WHERE user_id = %s AND market_id = %s"
+            " AND status = ANY(%s) LIMIT %s) live), nextval(pg_get_serial_sequence('orders_order', 'id'))",
+            [user.pk, market.pk, list(Order.LIVE_STATUSES), limit],
         )
         live, order_id = cursor.fetchone()
     if live >= limit:
         raise TooManyOpenOrders(details={"limit": limit})
     return order_id
-
-
-_LIVE_STATUSES_SQL = ", ".join(f"'{status}'" for status in sorted(Order.LIVE_STATUSES))
 
 
 def _release_quietly(hold_key: str, amount: Decimal) -> None:

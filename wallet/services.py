@@ -24,16 +24,7 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 
 import psycopg.errors
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    DataError,
-    IntegrityError,
-    OperationalError,
-    connection,
-    connections,
-    transaction,
-)
-from django.db.backends.postgresql.base import ServerBindingCursor
+from django.db import DataError, IntegrityError, OperationalError, connection, transaction
 
 from exchange.errors import DomainError, InsufficientFunds, ValidationFailed
 from wallet.validation import (
@@ -117,24 +108,6 @@ def _statement_scope():
     return contextlib.nullcontext()
 
 
-class _PreparingCursor(ServerBindingCursor):
-    """Prepares each statement on the connection the first time it runs (server-side binding)."""
-
-    def execute(self, query, params=None, **kwargs):
-        kwargs["prepare"] = True
-        return super().execute(query, params, **kwargs)
-
-
-def _prepared_cursor():
-    """A cursor for the hot statements: PostgreSQL parses and plans each once per connection,
-    not on every call (planning was about 40% of a hold's database CPU). Same wrapping as
-    `connection.cursor()`: error translation, and query logging when enabled.
-    """
-    db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of the `connection` proxy is a lookup
-    db.ensure_connection()
-    return db._prepare_cursor(_PreparingCursor(db.connection))
-
-
 def _retrying_deadlocks(fn, *args, **kwargs):
     """Run `fn` in its own transaction, again if PostgreSQL broke a deadlock by killing it."""
     for attempt in range(DEADLOCK_RETRIES):
@@ -186,7 +159,7 @@ def hold_place(*, key: str, owner: str, asset: str, amount: Decimal, up_to: bool
     held, created_at = requested, None
     try:
         if up_to:
-            with transaction.atomic(), _prepared_cursor() as cursor:
+            with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT available FROM wallet_account WHERE owner = %s AND asset = %s FOR NO KEY UPDATE",
                     [owner, asset],
@@ -196,7 +169,7 @@ def hold_place(*, key: str, owner: str, asset: str, amount: Decimal, up_to: bool
                 if held > 0:
                     created_at = _place(cursor, key, owner, asset, held, requested)
         else:
-            with _statement_scope(), _prepared_cursor() as cursor:
+            with _statement_scope(), connection.cursor() as cursor:
                 created_at = _place(cursor, key, owner, asset, held, requested)
     except IntegrityError as exc:
         if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
@@ -219,7 +192,7 @@ def _place(cursor, key, owner, asset, amount, requested):
 
 
 def hold_find(*, key: str) -> HoldState | None:
-    with _prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             """SELECT h.key, a.owner, a.asset, h.amount, h.requested, h.captured, h.released, h.created_at
                  FROM wallet_hold h JOIN wallet_account a ON a.id = h.account_id WHERE h.key = %s""",
@@ -370,7 +343,7 @@ def _apply_batch(specs: list[TransferSpec | ReleaseSpec]) -> dict[str, Operation
     first: dict[str, TransferSpec | ReleaseSpec] = {}
     for spec in specs:
         first.setdefault(spec.key, spec)
-    with localcontext(MONEY_CONTEXT), _prepared_cursor() as cursor:
+    with localcontext(MONEY_CONTEXT), connection.cursor() as cursor:
         claimed = _claim(cursor, first.values())
         mine = [spec for spec in first.values() if spec.key in claimed]
         ledger = _lock(cursor, mine)

@@ -22,8 +22,6 @@ from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidTok
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.utils import aware_utcnow
 
-from exchange.api.sql import prepared_cursor
-
 VALIDATED_TOKENS_KEPT = 4096
 
 
@@ -61,7 +59,7 @@ class SqlUserJWTAuthentication(JWTAuthentication):
         except KeyError as exc:
             raise InvalidToken(_("Token contained no recognizable user identification")) from exc
         sql, attnames = _user_query()
-        with prepared_cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(sql, [user_id])
             row = cursor.fetchone()
         if row is None:
