@@ -1,8 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-# An optimised CPython (PGO + LTO, as Debian, python.org and the Docker images build
-# it) runs this code about 15% faster than a plain source build such as pyenv's
-# default: prefer the system's 3.11 when there is one.
-PYTHON ?= $(or $(wildcard /usr/bin/python3.11),python3.11)
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
