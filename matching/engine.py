@@ -319,16 +319,14 @@ class Engine:
         drained) is committed and answered at once.
         """
         prepared = self._prepare(commands)
-        previous = self._wait_inflight()  # raises (books dropped) if it failed
         if len(commands) >= self.batch_size:
+            previous = self._wait_inflight()  # raises (books dropped) if it failed
             prepared.future = self.committer.submit(self._write, prepared)
             self.inflight = prepared
             if previous is not None:
                 self._after_commit(previous)
             return
-        if previous is not None:
-            self._after_commit(previous)
-            self.committer.submit(_close_thread_connection)  # the stream is drained: reconnect when deep again
+        self._drain()  # the stream is drained: answer the batch still committing first
         try:
             self._write(prepared)
         except Exception as exc:

@@ -9,6 +9,7 @@ from exchange.api.fields import at_scale, plain
 from orders.models import Order
 
 MONEY_INPUT = {"max_digits": 38, "decimal_places": 18, "required": False, "allow_null": True}
+CLIENT_ORDER_ID = r"[A-Za-z0-9._:\-]{1,64}"
 AVERAGE_PLACES = Decimal("1E-18")
 
 
@@ -42,7 +43,7 @@ class OrderInput(serializers.Serializer):
     quote_quantity = PositiveDecimalField()
     time_in_force = serializers.ChoiceField(choices=Order.TimeInForce.choices, required=False, allow_null=True)
     post_only = serializers.BooleanField(required=False, default=False)
-    client_order_id = serializers.RegexField(r"^[A-Za-z0-9._:\-]{1,64}$", required=False, allow_null=True, max_length=64)
+    client_order_id = serializers.RegexField(rf"^{CLIENT_ORDER_ID}$", required=False, allow_null=True, max_length=64)
 
     def run_validation(self, data=serializers.empty):
         # Building the fields deep-copies them on every request (most of this
@@ -53,7 +54,7 @@ class OrderInput(serializers.Serializer):
 
 _SYMBOL = re.compile(r"[A-Za-z0-9-]{1,21}")
 _AMOUNT = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,18})?")  # within max_digits 38, decimal_places 18
-_CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID)
 _SIDES = frozenset(Order.Side.values)
 _TYPES = frozenset(Order.Type.values)
 _TIFS = frozenset(Order.TimeInForce.values)
